@@ -1,0 +1,128 @@
+"""Loading experiment configs: YAML → pydantic, with one-line errors naming file and path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from lungfuse.core.errors import ConfigError
+from lungfuse.core.registry import FUSION_GROUP, MODALITY_GROUP, Registry, default_registry
+
+
+def experiment_model_from(registry: Registry | None = None) -> type[BaseModel]:
+    """The ExperimentConfig model for the plugins installed (broken ones are skipped)."""
+    from lungfuse.schemas import experiment_model
+
+    reg = registry or default_registry()
+    mods = {n: p.config_model for n, p in reg.plugins(MODALITY_GROUP, warn=False).items()}
+    fus = {n: p.config_model for n, p in reg.plugins(FUSION_GROUP, warn=False).items()}
+    try:
+        return experiment_model(mods, fus)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; run `lungfuse plugins` to see what is installed") from exc
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def format_loc(loc: tuple[Any, ...], data: Any = None) -> str:
+    """``('modalities', 0, 'mutations', 'path')`` → ``modalities[0].path``.
+
+    Pydantic inserts the discriminator tag of a union member into the location; it is
+    dropped so the path matches what the user wrote.
+    """
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # discriminator tag, not a key the user wrote
+        if isinstance(node, dict) and part not in node and "kind" in node and str(part).startswith(
+            ("function-", "tagged-union")
+        ):
+            continue
+        out += f".{part}" if out else str(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return out or "<top level>"
+
+
+def _message(err: dict[str, Any]) -> str:
+    typ = err.get("type", "")
+    msg = err.get("msg", "invalid")
+    if typ == "extra_forbidden":
+        return "unknown key; check the spelling (`lungfuse schema` lists the allowed keys)"
+    if typ == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return (
+            f"unknown plugin kind {ctx.get('tag')!r}; available kinds: {ctx.get('expected_tags')}"
+        )
+    if typ == "missing":
+        return "required setting is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return msg
+
+
+def format_validation_error(exc: ValidationError, source: str, data: Any = None) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = format_loc(tuple(err.get("loc", ())), data)
+        lines.append(f"{source}: {loc}: {_message(err)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def load_config(
+    path: str | Path,
+    registry: Registry | None = None,
+    *,
+    check_paths: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Read and validate an experiment config. Relative paths resolve against the file."""
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    if overrides:
+        data = {**data, **overrides}
+    return validate_config(data, source=str(path), base_dir=path.parent, registry=registry,
+                           check_paths=check_paths)
+
+
+def validate_config(
+    data: dict[str, Any],
+    *,
+    source: str = "<config>",
+    base_dir: str | Path | None = None,
+    registry: Registry | None = None,
+    check_paths: bool = True,
+) -> Any:
+    model = experiment_model_from(registry)
+    ctx = {"base_dir": Path(base_dir or Path.cwd()), "check_paths": check_paths}
+    try:
+        return model.model_validate(data, context=ctx)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data)) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """A JSON/YAML-ready dict of a validated config (paths as strings)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,182 @@
+"""The pydantic models of what lungfuse accepts.
+
+``ExperimentConfig`` is assembled at run time from the static sections below and the
+config models of the installed plugins (a union discriminated by ``kind``), see
+:func:`experiment_model`. Plugin authors use :data:`InputPath` for files their plugin
+reads: such paths are resolved relative to the config file and must exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from lungfuse.core.contracts import FusionConfig, ModalityConfig, PluginConfig
+
+SCHEMA_FILE = Path(__file__).with_name("lungfuse.schema.json")
+EXAMPLES_DIR = Path(__file__).with_name("examples")
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", Path.cwd()))
+
+
+def _resolve_input(v: Path, info: ValidationInfo) -> Path:
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        p = _base_dir(info) / p
+    p = p.resolve()
+    if (info.context or {}).get("check_paths", True) and not p.exists():
+        raise ValueError(f"file not found: {p} (paths are relative to the config file)")
+    return p
+
+
+def _resolve_output(v: Path, info: ValidationInfo) -> Path:
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        p = _base_dir(info) / p
+    return p.resolve()
+
+
+#: A file or folder the experiment reads: resolved relative to the config file, must exist.
+InputPath = Annotated[Path, AfterValidator(_resolve_input)]
+#: A location the experiment writes: resolved relative to the config file.
+OutputPath = Annotated[Path, AfterValidator(_resolve_output)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class CohortConfig(Section):
+    """The cohort/clinical table: one row per patient."""
+
+    clinical: InputPath = Field(description="Parquet table, one row per patient.")
+    patient_id: str = Field(default="patient_id", description="Column holding the patient id.")
+    sample_map: InputPath | None = Field(
+        default=None,
+        description="Optional Parquet table (sample_id, patient_id) mapping omics sample ids "
+        "to patients where they differ.",
+    )
+
+
+class TaskConfig(Section):
+    """What is predicted."""
+
+    kind: Literal["binary", "survival"] = "binary"
+    outcome: str = Field(default="malignant", description="Binary outcome column (0/1).")
+    time: str = Field(default="time", description="Survival time column (> 0).")
+    event: str = Field(default="event", description="Event indicator column (0/1).")
+
+
+class TrainingConfig(Section):
+    """Optimisation of the fusion model."""
+
+    max_epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    patience: int = Field(default=10, ge=1, description="Early stopping patience (epochs).")
+    val_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of each training fold held out for validation."
+    )
+
+
+class TrainerConfig(Section):
+    """Passed through to ``lightning.Trainer`` (Lightning is the distributed engine)."""
+
+    accelerator: str = Field(default="cpu", description="cpu, gpu, cuda, mps, auto ...")
+    devices: int | str | list[int] = Field(default=1, description="Number, list or 'auto'.")
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: str = Field(default="auto", description="auto, ddp, ddp_spawn, fsdp ...")
+    precision: str | int = Field(default="32-true", description="32-true, 16-mixed, bf16-mixed ...")
+    deterministic: bool | str = True
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Any other lightning.Trainer keyword arguments."
+    )
+
+
+class EvaluationConfig(Section):
+    """How held-out performance is measured."""
+
+    folds: int = Field(default=5, ge=2, description="Stratified K-fold cross-validation.")
+    test_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Instead of K folds, one fixed stratified test split of this size.",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs.")
+    calibration: Literal["none", "temperature", "platt"] = "platt"
+    specificity: float = Field(default=0.9, gt=0, lt=1, description="For sensitivity at specificity.")
+
+
+class ExperimentConfigBase(Section):
+    """Static sections of an experiment; ``modalities`` and ``fusion`` are added from the
+    installed plugins by :func:`experiment_model`."""
+
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    cohort: CohortConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output_dir: OutputPath = Field(default=Path("runs"), description="Run folders go here.")
+
+    @model_validator(mode="after")
+    def _unique_modality_names(self) -> ExperimentConfigBase:
+        mods = getattr(self, "modalities", None) or []
+        names = [m.modality_name for m in mods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"modality name(s) {', '.join(dup)} used twice; give each a distinct `name`"
+            )
+        return self
+
+
+def experiment_model(
+    modality_configs: dict[str, type[ModalityConfig]],
+    fusion_configs: dict[str, type[FusionConfig]],
+) -> type[ExperimentConfigBase]:
+    """Build the ``ExperimentConfig`` model for the given plugin config models."""
+    from pydantic import create_model
+
+    def union(models: dict[str, type[PluginConfig]], what: str) -> Any:
+        items = [models[k] for k in sorted(models)]
+        if not items:
+            raise ValueError(f"no {what} plugins are installed")
+        if len(items) == 1:
+            return items[0]
+        from typing import Union
+
+        return Annotated[Union[tuple(items)], Field(discriminator="kind")]  # noqa: UP007
+
+    mod_t = union(modality_configs, "modality")
+    fus_t = union(fusion_configs, "fusion")
+    return create_model(
+        "ExperimentConfig",
+        __base__=ExperimentConfigBase,
+        modalities=(list[mod_t], Field(min_length=1, description="Modalities to use.")),
+        fusion=(fus_t, Field(description="The fusion head.")),
+    )
+
+
+__all__ = [
+    "CohortConfig",
+    "EvaluationConfig",
+    "ExperimentConfigBase",
+    "FusionConfig",
+    "InputPath",
+    "ModalityConfig",
+    "OutputPath",
+    "TaskConfig",
+    "TrainerConfig",
+    "TrainingConfig",
+    "experiment_model",
+]
