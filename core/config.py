@@ -71,16 +71,30 @@ def _message(err: dict[str, Any]) -> str:
     msg = err.get("msg", "invalid")
     if typ == "extra_forbidden":
         return "unknown key; check the spelling (`lungfuse schema` lists the allowed keys)"
-    if typ == "union_tag_invalid":
+    loc = tuple(err.get("loc", ()))
+    if typ == "union_tag_invalid" or (typ == "literal_error" and loc[-1:] == ("kind",)):
         ctx = err.get("ctx", {})
-        return (
-            f"unknown plugin kind {ctx.get('tag')!r}; available kinds: {ctx.get('expected_tags')}"
-        )
+        tag = ctx.get("tag", err.get("input"))
+        broken = _broken_plugin_reason(str(tag))
+        if broken:
+            return broken
+        expected = ctx.get("expected_tags") or ctx.get("expected")
+        return f"unknown plugin kind {tag!r}; available kinds: {expected}"
     if typ == "missing":
         return "required setting is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return msg
+
+
+def _broken_plugin_reason(kind: str) -> str:
+    """If an installed plugin of this name failed to load, say which and why."""
+    reg = default_registry()
+    for group in (MODALITY_GROUP, FUSION_GROUP):
+        for e in reg.entries(group):
+            if e.name == kind and e.status not in ("ok", "not loaded"):
+                return f"{e.describe()} is installed but unusable: {e.reason}"
+    return ""
 
 
 def format_validation_error(exc: ValidationError, source: str, data: Any = None) -> str:
