@@ -134,7 +134,7 @@ class ModalityPlugin(ABC):
         """Fitted state, picklable (plain Python, numpy, tensors). Default: nothing."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027
         """Restore what ``state_dict`` returned. Default: nothing."""
 
     @classmethod
