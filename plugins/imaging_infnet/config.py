@@ -1,0 +1,85 @@
+"""Pydantic settings of the imaging plugin (no torch here: imported when listing plugins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from lungfuse.schemas import InputPath, OutputPath
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SliceSettings(_Section):
+    """How 2.5D slices are cut from a scan (stored in every checkpoint)."""
+
+    img_size: int = Field(default=352, ge=32, description="Slice side in pixels (multiple of 32).")
+    mode: Literal["full", "crop"] = Field(
+        default="full", description="full: whole slice resized; crop: nodule-centred crop.")
+    crop_mm: float = Field(default=64.0, gt=0, description="Side of the crop in mm (mode crop).")
+    hu_min: float = -1000.0
+    hu_max: float = 400.0
+    context: int = Field(default=1, ge=0, description="Slices either side (1: 3 channels).")
+
+    @model_validator(mode="after")
+    def _check(self) -> SliceSettings:
+        if self.img_size % 32:
+            raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
+        if self.hu_max <= self.hu_min:
+            raise ValueError("hu_max must exceed hu_min")
+        if self.context != 1:
+            raise ValueError("context must be 1 (3 adjacent slices as the 3 input channels)")
+        return self
+
+
+class TrainSettings(_Section):
+    """Supervised Inf-Net training (defaults of the reference recipe where it has one)."""
+
+    backbone: str = "res2net50d"
+    channel: int = Field(default=32, ge=4)
+    pretrained_weights: InputPath | None = None
+    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=24, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    lr_decay_every: int = Field(default=50, ge=1, description="lr x0.1 every this many epochs.")
+    grad_clip: float = Field(default=0.5, gt=0)
+    multiscale: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25])
+    negatives_per_positive: float = Field(default=0.5, ge=0)
+    augment: bool = True
+    refine_hu: float | None = Field(default=None, description="Refine annotation balls by HU.")
+    val_fraction: float = Field(default=0.2, ge=0, lt=1, description="Scans held for validation.")
+    seed: int = 0
+    num_workers: int = Field(default=0, ge=0)
+    max_slices: int | None = Field(default=None, ge=1, description="Cap on the slice pool.")
+
+
+class FastPath(_Section):
+    """Inference speed switches (used by predict and feature extraction by default)."""
+
+    enabled: bool = True
+    compile: bool = True
+    bf16: bool = True
+    channels_last: bool = True
+    batch_size: int = Field(default=8, ge=1)
+
+
+class SegmentConfig(_Section):
+    """`lungfuse segment train|predict|evaluate` config (YAML)."""
+
+    ct_root: InputPath = Field(description="CT root (LUNA16 tree, NIfTI/NRRD files, DICOM folders).")
+    annotations: InputPath | None = Field(default=None, description="LUNA16 annotations.csv.")
+    masks_dir: InputPath | None = Field(default=None, description="Ground-truth masks by uid.")
+    series: list[str] | None = Field(default=None, description="Restrict to these series uids.")
+    clinical: InputPath | None = Field(
+        default=None, description="Cohort table (patient_id, seriesuid) for patient ids.")
+    out_dir: OutputPath = Field(default=Path("segment_out"))
+    checkpoint: Path | None = Field(default=None, description="Model for predict/evaluate.")
+    resume: Path | None = Field(default=None, description="Lightning checkpoint to resume.")
+    slices: SliceSettings = Field(default_factory=SliceSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    fast: FastPath = Field(default_factory=FastPath)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    overlays: bool = True

@@ -1,0 +1,97 @@
+"""Inference: batched slice prediction with an optional fast path, whole-volume sweeps.
+
+Fast path (``FastPath``): channels_last memory format, bf16 autocast on CPU and
+``torch.compile`` of the network, batches of ``batch_size`` slices. Each switch falls back
+(logged once) if the platform refuses it. Outputs are float32 probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import FastPath, SliceSettings
+from .ctio import Volume
+from .dataset import standardise, volume_inputs
+from .network import InfNet
+
+log = logging.getLogger("lungfuse.imaging")
+
+
+class Predictor:
+    """Wraps an :class:`InfNet` for inference (eval mode, no grad)."""
+
+    def __init__(self, model: InfNet, slices: SliceSettings, fast: FastPath | None = None) -> None:
+        self.model = model.eval()
+        self.slices = slices
+        self.fast = fast or FastPath(enabled=False)
+        self._net: torch.nn.Module = self.model
+        self._embed = self.model.embed
+        if self.fast.enabled:
+            if self.fast.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            if self.fast.compile:
+                try:
+                    self._net = torch.compile(self.model, dynamic=False)
+                except Exception as exc:  # noqa: BLE001 - platform dependent
+                    log.warning("torch.compile unavailable (%s); running eager", exc)
+
+    @property
+    def batch_size(self) -> int:
+        return self.fast.batch_size if self.fast.enabled else max(1, self.fast.batch_size)
+
+    def _ctx(self):
+        if self.fast.enabled and self.fast.bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _prep(self, x01: torch.Tensor) -> torch.Tensor:
+        x = standardise(x01.float(), self.model.input_mean, self.model.input_std)
+        if self.fast.enabled and self.fast.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.no_grad()
+    def predict(self, x01: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(n, S, S)`` (map2) for windowed inputs ``(n, 3, S, S)``."""
+        out = []
+        for i in range(0, x01.shape[0], self.batch_size):
+            xb = self._prep(x01[i:i + self.batch_size])
+            n = xb.shape[0]
+            if self.fast.enabled and self.fast.compile and n < self.batch_size:
+                # keep one static shape for the compiled graph
+                xb = torch.cat([xb, xb[-1:].expand(self.batch_size - n, -1, -1, -1)])
+            with self._ctx():
+                maps = self._net(xb)
+            out.append(torch.sigmoid(maps[3][:n, 0].float()))
+        if not out:
+            return torch.empty(0, *x01.shape[-2:])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def embed(self, x01: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask-weighted pooled features ``(n, 3*channel)`` (float32, eager)."""
+        x = standardise(x01.float(), self.model.input_mean, self.model.input_std)
+        with self._ctx():
+            v = self.model.embed(x, mask=mask)
+        return v.float()
+
+    def predict_volume(self, vol: Volume, zs: Sequence[int] | None = None) -> np.ndarray:
+        """Probability volume ``(z, y, x)`` float32 on the scan's grid (``mode=full``);
+        slices not in ``zs`` are 0."""
+        s = self.slices
+        if s.mode != "full":
+            s = s.model_copy(update={"mode": "full"})
+        zs, x = volume_inputs(vol, s, zs)
+        prob = self.predict(x) if len(zs) else torch.empty(0, s.img_size, s.img_size)
+        out = np.zeros(vol.array.shape, dtype=np.float32)
+        if len(zs):
+            up = F.interpolate(prob[:, None], size=vol.array.shape[1:], mode="bilinear",
+                               align_corners=False)[:, 0]
+            out[zs] = up.numpy()
+        return out

@@ -1,0 +1,240 @@
+"""Supervised Inf-Net training with Lightning, and lungfuse segmentation checkpoints.
+
+Every checkpoint (Lightning ``.ckpt`` and the plain lungfuse ``.pt``) stores the network
+hyper-parameters, the slice settings, and ``training_patients``: the patient ids whose
+slices trained it (``None`` = unknown, e.g. an imported authors' checkpoint). The imaging
+modality refuses to evaluate patients that a checkpoint was trained on.
+
+Extension points for semi-supervised training: :class:`SliceDataModule` rebuilds its
+train loader from ``self.train_pool`` (a growable :class:`~.dataset.SlicePool`) every
+epoch; :meth:`SliceDataModule.add_pseudo` appends pseudo-labelled slices (with per-pixel
+weights); :func:`fit` resumes from a Lightning checkpoint and can continue from given
+weights with a new learning rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lungfuse.core.errors import DataError
+from lungfuse.core.io import atomic_path
+from torch.utils.data import DataLoader
+
+from .config import SliceSettings, TrainSettings
+from .dataset import SliceDataset, SlicePool
+from .losses import infnet_loss
+from .metrics import segmentation_metrics
+from .network import InfNet
+
+log = logging.getLogger("lungfuse.imaging")
+CHECKPOINT_FORMAT = "lungfuse-infnet/1"
+
+
+class InfNetModule(L.LightningModule):
+    """Inf-Net + the reference loss (deep supervision, edge BCE), Adam, step decay.
+
+    Multi-scale training (reference: rates 0.75/1/1.25): each batch is resized to
+    ``round(rate * S / 32) * 32`` pixels (image bilinear, targets re-thresholded).
+    """
+
+    def __init__(self, backbone: str = "res2net50d", channel: int = 32, lr: float = 1e-4,
+                 lr_decay_every: int = 50, multiscale: Sequence[float] = (1.0,),
+                 slice_settings: dict[str, Any] | None = None,
+                 training_patients: list[str] | None = None,
+                 pretrained_weights: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = InfNet(backbone, channel=channel, pretrained_weights=pretrained_weights)
+        self.training_patients = sorted(set(training_patients)) if training_patients else []
+        self._val: dict[str, list[Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model(x)
+
+    def _rescale(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rates = list(self.hparams.multiscale or [1.0])
+        rate = random.choice(rates)
+        if rate == 1.0:
+            return batch
+        size = int(round(batch["image"].shape[-1] * rate / 32) * 32)
+        size = max(size, 32)
+        out = {"image": F.interpolate(batch["image"], size=(size, size), mode="bilinear",
+                                      align_corners=True)}
+        for k in ("mask", "edge"):
+            out[k] = (F.interpolate(batch[k], size=(size, size), mode="bilinear",
+                                    align_corners=True) > 0.5).float()
+        out["valid"] = F.interpolate(batch["valid"], size=(size, size), mode="nearest")
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        b = self._rescale(batch)
+        valid = b["valid"] if not bool((b["valid"] == 1).all()) else None
+        loss, parts = infnet_loss(self.model(b["image"]), b["mask"], b["edge"], valid)
+        self.log("train_loss", loss, prog_bar=True, batch_size=b["image"].shape[0])
+        for k, v in parts.items():
+            self.log(f"train_{k}", v, batch_size=b["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        maps = self.model(batch["image"])
+        loss, _ = infnet_loss(maps, batch["mask"], batch["edge"])
+        prob = torch.sigmoid(maps[3])
+        m = segmentation_metrics(prob, batch["mask"], n_thresholds=32)
+        n = batch["image"].shape[0]
+        self.log("val_loss", loss, prog_bar=True, batch_size=n)
+        self.log("val_dice", m["dice"].mean(), prog_bar=True, batch_size=n)
+        self.log("val_mae", m["mae"].mean(), batch_size=n)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_decay_every,
+                                                gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["training_patients"] = list(self.training_patients)
+        checkpoint["lungfuse_format"] = CHECKPOINT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_patients = list(checkpoint.get("training_patients") or [])
+
+    def on_train_epoch_start(self) -> None:
+        dl = self.trainer.train_dataloader
+        ds = getattr(dl, "dataset", None)
+        if isinstance(ds, SliceDataset):
+            ds.epoch = self.current_epoch
+
+
+Tensor = torch.Tensor
+
+
+class SliceDataModule(L.LightningDataModule):
+    """Train/val slice pools. The train loader is rebuilt from ``train_pool`` each epoch
+    (``reload_dataloaders_every_n_epochs=1`` in :func:`fit`), so a pool grown between
+    epochs or rounds is picked up."""
+
+    def __init__(self, train_pool: SlicePool, val_pool: SlicePool | None,
+                 mean: Sequence[float], std: Sequence[float], batch_size: int = 24,
+                 augment: bool = True, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.train_pool, self.val_pool = train_pool, val_pool
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size, self.augment = batch_size, augment
+        self.num_workers, self.seed = num_workers, seed
+
+    def add_pseudo(self, images: Tensor, masks: Tensor, weights: Tensor | None = None,
+                   **meta: Any) -> None:
+        """Append pseudo-labelled slices to the training pool (see SlicePool.add_pseudo)."""
+        self.train_pool.add_pseudo(images, masks, weights, **meta)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = SliceDataset(self.train_pool, self.mean, self.std, train=self.augment, seed=self.seed)
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g,
+                          num_workers=self.num_workers, drop_last=len(ds) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_pool:
+            return []
+        ds = SliceDataset(self.val_pool, self.mean, self.std, train=False)
+        return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings,
+        settings: TrainSettings, out_dir: Path, training_patients: Sequence[str],
+        resume: Path | None = None, init_weights: InfNet | None = None,
+        progress: bool = True, max_epochs: int | None = None) -> tuple[InfNetModule, Path]:
+    """Train (or resume) and write ``out_dir/infnet.pt`` (lungfuse format) and Lightning
+    checkpoints under ``out_dir/lightning`` (``last.ckpt`` resumes)."""
+    from .progress import enabled
+
+    if not len(train_pool):
+        raise DataError("no training slices: check the CT root, annotations and patient ids")
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module = InfNetModule(settings.backbone, settings.channel, settings.lr,
+                          settings.lr_decay_every, list(settings.multiscale),
+                          slices.model_dump(), list(training_patients),
+                          str(settings.pretrained_weights) if settings.pretrained_weights else None)
+    if init_weights is not None:
+        module.model.load_state_dict(init_weights.state_dict())
+    dm = SliceDataModule(train_pool, val_pool, module.model.input_mean, module.model.input_std,
+                         settings.batch_size, settings.augment, settings.num_workers,
+                         settings.seed)
+    ckpt_dir = Path(out_dir) / "lightning"
+    cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    trainer = L.Trainer(
+        max_epochs=max_epochs or settings.epochs, accelerator="cpu", devices=1,
+        gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb],
+        enable_progress_bar=enabled(progress), enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1, deterministic=False, num_sanity_val_steps=0,
+        log_every_n_steps=1)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    out = save_checkpoint(Path(out_dir) / "infnet.pt", module.model,
+                          training_patients=module.training_patients, slices=slices,
+                          extra={"epochs": trainer.current_epoch,
+                                 "n_train_slices": len(train_pool)})
+    return module, out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, model: InfNet, training_patients: Sequence[str] | None,
+                    slices: SliceSettings | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Plain lungfuse checkpoint, written atomically."""
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "hparams": model.hparams_dict,
+        "state_dict": model.state_dict(),
+        "training_patients": None if training_patients is None else sorted(set(training_patients)),
+        "slices": (slices or SliceSettings()).model_dump(),
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[InfNet, dict[str, Any]]:
+    """Load a lungfuse ``.pt``, a Lightning ``.ckpt`` from :func:`fit`, or an authors'
+    Inf-Net ``.pth``. Returns the model (eval mode) and metadata with
+    ``training_patients`` (``None`` when unknown) and ``slices`` settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: segmentation checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from exc
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        hp = obj["hparams"]
+        model = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+        model.load_state_dict(obj["state_dict"], strict=True)
+        meta = {"training_patients": obj.get("training_patients"),
+                "slices": SliceSettings(**obj.get("slices", {})), "extra": obj.get("extra", {})}
+        return model.eval(), meta
+    if isinstance(obj, dict) and obj.get("lungfuse_format") == CHECKPOINT_FORMAT:
+        hp = obj["hyper_parameters"]
+        model = InfNet(hp["backbone"], channel=hp["channel"])
+        sd = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
+        model.load_state_dict(sd, strict=True)
+        meta = {"training_patients": obj.get("training_patients"),
+                "slices": SliceSettings(**(hp.get("slice_settings") or {})), "extra": {}}
+        return model.eval(), meta
+    from .reference import load_reference_checkpoint
+
+    model = load_reference_checkpoint(path)
+    return model, {"training_patients": None, "slices": SliceSettings(), "extra": {}}
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
