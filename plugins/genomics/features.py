@@ -127,7 +127,8 @@ class MutationSource:
         seq = self.sequenced()
         samples = sorted(set(maf) | set(seq or ()))
         by, unmatched = self.mapper().group(samples, ids, self.cfg.combine == "first")
-        with_calls = {p for p in by if any(s in set(maf) for s in by[p])}
+        maf_set = set(maf)
+        with_calls = {p for p in by if any(s in maf_set for s in by[p])}
         wildtype_extra: set[str] = set()
         if seq is None and self.cfg.untested == "wildtype":
             wildtype_extra = {p for p in ids if p not in by}
@@ -157,16 +158,20 @@ class MutationSource:
         return set(by) | extra
 
     # -- reading calls -----------------------------------------------------------------------
-    def calls(self, samples: Sequence[str], genes: Sequence[str] | None) -> pa.Table:
+    def calls(self, samples: Sequence[str], genes: Sequence[str] | None,
+              columns: Sequence[str] | None = None) -> pa.Table:
         """Non-silent calls (Hugo_Symbol not Unknown) of ``samples``, optionally of ``genes``.
 
         Projection: only the needed columns; filters: class, sample and gene ``in`` sets."""
         schema = self.schema()
-        cols = [SAMPLE, GENE]
-        if self.cfg.hotspot_list():
-            cols.append(HGVSP)
-        if self.cfg.vaf_weighting:
-            cols += [ALT, DEPTH]
+        if columns is not None:
+            cols = list(columns)
+        else:
+            cols = [SAMPLE, GENE]
+            if self.cfg.hotspot_list():
+                cols.append(HGVSP)
+            if self.cfg.vaf_weighting:
+                cols += [ALT, DEPTH]
         flt = (
             pc.field(CLASS).isin(self.cfg.non_silent_classes())
             & (pc.field(GENE) != "Unknown")
@@ -192,24 +197,27 @@ class MutationSource:
     def _patient_of(self, by: dict[str, list[str]]) -> dict[str, str]:
         return {s: p for p, ss in by.items() for s in ss}
 
+    def _patients(self, t: pa.Table, by: dict[str, list[str]]) -> pa.Array:
+        """The patient of each row's sample (vectorised lookup, no Python loop)."""
+        s2p = self._patient_of(by)
+        col = t.column(SAMPLE).cast(pa.string()).combine_chunks()
+        idx = pc.index_in(col, value_set=pa.array(list(s2p), type=pa.string()))
+        return pa.array(list(s2p.values()), type=pa.string()).take(idx)
+
     def _gene_frame(self, t: pa.Table, by: dict[str, list[str]]) -> pd.DataFrame:
         """Calls as a small pandas frame with patient, gene, weight (and HGVSp)."""
-        s2p = self._patient_of(by)
-        samples = t.column(SAMPLE)
-        if pa.types.is_dictionary(samples.type):
-            samples = samples.cast(pa.string())
         df = pd.DataFrame({
-            "patient": [s2p[s] for s in samples.to_pylist()],
-            "gene": t.column(GENE).cast(pa.string()).to_pylist(),
+            "patient": self._patients(t, by).to_pandas(),
+            "gene": t.column(GENE).cast(pa.string()).to_pandas(),
             "w": self._weights(t),
         })
         if HGVSP in t.column_names:
-            df["hgvsp"] = t.column(HGVSP).cast(pa.string()).to_pylist()
+            df["hgvsp"] = t.column(HGVSP).cast(pa.string()).to_pandas()
         return df
 
     def _tmb(self, samples: Sequence[str], by: dict[str, list[str]]) -> pd.Series:
         """TMB per covered patient (max over its samples; 0 without calls)."""
-        t = self.calls(samples, None).select([SAMPLE])
+        t = self.calls(samples, None, columns=[SAMPLE])
         counts = t.group_by(SAMPLE).aggregate([([], "count_all")])
         per_sample = dict(zip(counts.column(SAMPLE).cast(pa.string()).to_pylist(),
                               counts.column("count_all").to_pylist(), strict=True))
@@ -225,10 +233,14 @@ class MutationSource:
                             "barcodes (barcode_rule / sample_map) against the cohort ids")
         samples = sorted(s for ss in by.values() for s in ss)
         if self.cfg.top_n is not None:
-            t = self.calls(samples, None).select([SAMPLE, GENE])
-            df = self._gene_frame(t, by).drop_duplicates(["patient", "gene"])
-            freq = df.groupby("gene").size()
-            order = sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))
+            t = self.calls(samples, None, columns=[SAMPLE, GENE])
+            pg = pa.table({"patient": self._patients(t, by),
+                           "gene": t.column(GENE).cast(pa.string())})
+            pairs = pg.group_by(["patient", "gene"]).aggregate([])  # distinct pairs
+            freq = pairs.group_by("gene").aggregate([([], "count_all")])
+            order = sorted(zip(freq.column("gene").to_pylist(),
+                               freq.column("count_all").to_pylist(), strict=True),
+                           key=lambda kv: (-kv[1], kv[0]))
             genes = [g for g, _ in order[: self.cfg.top_n]]
             log.info("mutations: top %d genes by training-patient frequency: %s", len(genes),
                      ", ".join(genes[:10]) + (" ..." if len(genes) > 10 else ""))
@@ -267,7 +279,8 @@ class MutationSource:
             df = self._gene_frame(self.calls(samples, wanted), by)
         else:
             df = pd.DataFrame({"patient": [], "gene": [], "w": [], "hgvsp": []})
-        genes = [g for g in state["genes"] if g in set(df["gene"])]
+        seen = set(df["gene"].unique())
+        genes = [g for g in state["genes"] if g in seen]
         if genes:
             m = df[df["gene"].isin(genes)].pivot_table(index="patient", columns="gene",
                                                        values="w", aggfunc="max")
@@ -382,7 +395,8 @@ class ExpressionSource:
         samples = list(samples)
         if layout == "wide" and c.orientation == "samples_x_genes":
             present = self.table_genes()
-            cols = present if genes is None else [g for g in genes if g in set(present)]
+            have = set(present)
+            cols = present if genes is None else [g for g in genes if g in have]
             R.check_numeric_columns(self.path, schema, cols, "expression")
             t = R.read_table(self.path, [c.sample_column, *cols],
                              filters=pc.field(c.sample_column).isin(samples))
@@ -399,7 +413,8 @@ class ExpressionSource:
             return df
         if layout == "wide":  # genes × samples: project the sample columns, filter gene rows
             gcol = c.gene_column
-            cols = [s for s in samples if s in set(schema.names)]
+            have = set(schema.names)
+            cols = [s for s in samples if s in have]
             R.check_numeric_columns(self.path, schema, cols, "expression")
             flt = None
             if genes is not None:
