@@ -62,6 +62,17 @@ def _resize(t: Tensor, size: int, mode: str) -> Tensor:
     return F.interpolate(t[None], size=(size, size), mode=mode, **kw)[0]
 
 
+def crop_box(vol: Volume, s: SliceSettings,
+             centre_xy: Sequence[float] | None) -> tuple[int, int, int, int]:
+    """``(x0, y0, w, h)`` in pixels of the ``crop_mm`` square centred on ``centre_xy``."""
+    if centre_xy is None:
+        centre_xy = (vol.array.shape[2] / 2, vol.array.shape[1] / 2)
+    half = (s.crop_mm / 2.0) / vol.spacing[:2]  # pixels in x, y
+    x0 = int(round(centre_xy[0] - half[0]))
+    y0 = int(round(centre_xy[1] - half[1]))
+    return x0, y0, max(1, int(round(2 * half[0]))), max(1, int(round(2 * half[1])))
+
+
 def cut_slice(vol: Volume, z: int, s: SliceSettings, labels: np.ndarray | None = None,
               centre_xy: Sequence[float] | None = None) -> tuple[Tensor, Tensor | None]:
     """Windowed input ``(3, S, S)`` in [0, 1] and the label slice ``(S, S)`` (nearest).
@@ -73,12 +84,7 @@ def cut_slice(vol: Volume, z: int, s: SliceSettings, labels: np.ndarray | None =
     lab = None if labels is None else torch.from_numpy(
         np.ascontiguousarray(labels[z].astype(np.float32)))[None]
     if s.mode == "crop":
-        if centre_xy is None:
-            centre_xy = (vol.array.shape[2] / 2, vol.array.shape[1] / 2)
-        half = (s.crop_mm / 2.0) / vol.spacing[:2]  # pixels in x, y
-        x0 = int(round(centre_xy[0] - half[0]))
-        y0 = int(round(centre_xy[1] - half[1]))
-        w, h = int(round(2 * half[0])), int(round(2 * half[1]))
+        x0, y0, w, h = crop_box(vol, s, centre_xy)
         pad = (max(0, -x0), max(0, x0 + w - img.shape[2]), max(0, -y0), max(0, y0 + h - img.shape[1]))
         if any(pad):
             img = F.pad(img, pad, value=s.hu_min)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .config import FastPath, SliceSettings
 from .ctio import Volume
-from .dataset import standardise, volume_inputs
+from .dataset import crop_box, standardise, volume_inputs
 from .network import InfNet
 
 log = logging.getLogger("lungfuse.imaging")
@@ -94,4 +94,26 @@ class Predictor:
             up = F.interpolate(prob[:, None], size=vol.array.shape[1:], mode="bilinear",
                                align_corners=False)[:, 0]
             out[zs] = up.numpy()
+        return out
+
+    def predict_region(self, vol: Volume, zs: Sequence[int],
+                       centre_xy: Sequence[float] | None = None) -> np.ndarray:
+        """Probability volume with slices ``zs`` predicted: whole slices in ``full``
+        mode, the ``crop_mm`` square around ``centre_xy`` (pasted back) in ``crop`` mode."""
+        s = self.slices
+        if s.mode == "full":
+            return self.predict_volume(vol, zs)
+        zs, x = volume_inputs(vol, s, zs, centre_xy)
+        out = np.zeros(vol.array.shape, dtype=np.float32)
+        if not zs:
+            return out
+        prob = self.predict(x)
+        x0, y0, w, h = crop_box(vol, s, centre_xy)
+        up = F.interpolate(prob[:, None], size=(h, w), mode="bilinear",
+                           align_corners=False)[:, 0].numpy()
+        ny, nx = vol.array.shape[1:]
+        xa, ya = max(0, x0), max(0, y0)
+        xb, yb = min(nx, x0 + w), min(ny, y0 + h)
+        if xb > xa and yb > ya:
+            out[zs, ya:yb, xa:xb] = up[:, ya - y0:yb - y0, xa - x0:xb - x0]
         return out

@@ -170,12 +170,16 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
                          settings.seed)
     ckpt_dir = Path(out_dir) / "lightning"
     cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    quiet = not enabled(progress)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        if quiet:
+            logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=max_epochs or settings.epochs, accelerator="cpu", devices=1,
         gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb],
         enable_progress_bar=enabled(progress), enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1, deterministic=False, num_sanity_val_steps=0,
-        log_every_n_steps=1)
+        log_every_n_steps=1, limit_val_batches=1.0 if val_pool else 0)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     out = save_checkpoint(Path(out_dir) / "infnet.pt", module.model,
                           training_patients=module.training_patients, slices=slices,

@@ -1,0 +1,252 @@
+"""The ``infnet`` modality: CT nodules → Inf-Net segmentation → quantitative + deep features.
+
+Imports nothing heavy at module level (``lungfuse plugins`` loads this module).
+
+Leakage rules: ``prepare`` trains the segmenter on the training patients' slices only
+(when no checkpoint is given); a given checkpoint's stored training patients must not
+include any patient that ``transform`` sees outside the fit's training set.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
+from lungfuse.core.errors import DataError
+from lungfuse.schemas import InputPath
+from pydantic import Field
+
+from .config import FastPath, SliceSettings, TrainSettings
+
+log = logging.getLogger("lungfuse.imaging")
+
+
+def _default_train() -> TrainSettings:
+    return TrainSettings(epochs=3, batch_size=8, multiscale=[1.0], val_fraction=0.0)
+
+
+class InfNetConfig(ModalityConfig):
+    """Settings of the Inf-Net CT modality."""
+
+    kind: Literal["infnet"] = "infnet"
+    ct_root: InputPath = Field(description="CT root: LUNA16 tree (subset*/<uid>.mhd), NIfTI/NRRD "
+                               "files or DICOM folders named by series uid.")
+    annotations: InputPath | None = Field(default=None, description="LUNA16 annotations.csv.")
+    masks_dir: InputPath | None = Field(default=None, description="Ground-truth masks <uid>.mhd "
+                                        "(used for training where present).")
+    candidates: InputPath | None = Field(default=None, description="Candidates CSV "
+                                         "(seriesuid, coordX, coordY, coordZ[, diameter_mm]).")
+    candidate_source: Literal["annotations", "candidates", "sweep"] = Field(
+        default="annotations", description="Where nodules come from at feature time.")
+    series_column: str = Field(default="seriesuid", description="Cohort column linking CT; "
+                               "without it the patient id is the series uid.")
+    checkpoint: InputPath | None = Field(default=None, description="Segmentation checkpoint "
+                                         "(lungfuse .pt/.ckpt or the authors' .pth); without "
+                                         "it prepare() trains one on the training patients.")
+    train: TrainSettings = Field(default_factory=_default_train)
+    slices: SliceSettings = Field(default_factory=lambda: SliceSettings(img_size=128))
+    fast: FastPath = Field(default_factory=FastPath)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    candidate_diameter_mm: float = Field(default=10.0, gt=0,
+                                         description="Search size where a candidate has none.")
+    hidden_dim: int = Field(default=64, ge=1)
+
+
+class InfNetModality(ModalityPlugin):
+    """CT nodule features from an Inf-Net segmenter (trained on training patients only)."""
+
+    name = "infnet"
+    api_version = 1
+    config_model = InfNetConfig
+    description = "CT: Inf-Net nodule segmentation, quantitative features + deep embedding"
+
+    def __init__(self, config: InfNetConfig) -> None:
+        super().__init__(config)
+        self.model_state_: dict[str, Any] | None = None
+        self.fit_patients_: list[str] | None = None
+        self._predictor = None
+
+    # ------------------------------------------------------------------ helpers
+    def _series(self, cohort) -> dict[str, str]:
+        """patient_id -> series uid (non-null only)."""
+        col = self.config.series_column
+        if col in cohort.columns:
+            s = cohort[col]
+            return {str(p): str(u) for p, u in s.items() if u is not None and u == u and str(u)}
+        return {str(p): str(p) for p in cohort.index}
+
+    def _volumes(self) -> dict[str, Path]:
+        from .ctio import find_volumes
+
+        return find_volumes(self.config.ct_root)
+
+    def _annotations(self):
+        from .ctio import read_annotations
+
+        return read_annotations(self.config.annotations) if self.config.annotations else None
+
+    # ------------------------------------------------------------------ contract
+    def available(self, cohort, ctx: ModalityContext) -> set[str]:
+        vols = self._volumes()
+        return {p for p, u in self._series(cohort).items() if u in vols}
+
+    def prepare(self, train, ctx: ModalityContext) -> None:
+        import torch
+
+        from . import ctio
+        from .dataset import build_pool
+        from .train import fit, load_checkpoint
+
+        self.fit_patients_ = sorted(str(p) for p in train.index)
+        if self.config.checkpoint is not None:
+            model, meta = load_checkpoint(self.config.checkpoint)
+            self.model_state_ = {"hparams": model.hparams_dict, "state_dict": model.state_dict(),
+                                 "slices": meta["slices"].model_dump(),
+                                 "training_patients": meta["training_patients"]}
+            self._predictor = None
+            return
+        series = self._series(train)
+        vols = self._volumes()
+        items = [(u, vols[u]) for p, u in sorted(series.items()) if u in vols]
+        if not items:
+            raise DataError(f"{self.config.ct_root}: no training patient has a CT volume; "
+                            "check ct_root and the cohort's series column")
+        ann = self._annotations()
+        if ann is None and self.config.masks_dir is None:
+            raise DataError("infnet: training a segmenter needs `annotations` or `masks_dir`")
+        uid2p = {u: p for p, u in series.items()}
+        cases = ctio.load_cases(items, ann, self.config.masks_dir, self.config.train.refine_hu,
+                                uid2p, progress=ctx.progress)
+        ts = self.config.train.model_copy(update={"seed": ctx.seed})
+        pool = build_pool(cases, self.config.slices, ts.negatives_per_positive, ctx.seed,
+                          ts.max_slices)
+        torch.manual_seed(ctx.seed)
+        module, ckpt = fit(pool, None, self.config.slices, ts, Path(ctx.workdir) / "segmenter",
+                           sorted(series), progress=ctx.progress)
+        ctx.log.info("infnet: segmenter trained on %d slices of %d training patients -> %s",
+                     len(pool), len(cases), ckpt)
+        self.model_state_ = {"hparams": module.model.hparams_dict,
+                             "state_dict": {k: v.detach().clone()
+                                            for k, v in module.model.state_dict().items()},
+                             "slices": self.config.slices.model_dump(),
+                             "training_patients": sorted(series)}
+        self._predictor = None
+
+    def _get_predictor(self):
+        if self._predictor is None:
+            from .infer import Predictor
+            from .network import InfNet
+
+            if self.model_state_ is None:
+                raise RuntimeError("infnet: transform called before prepare")
+            hp = self.model_state_["hparams"]
+            model = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+            model.load_state_dict(self.model_state_["state_dict"])
+            self._predictor = Predictor(model, SliceSettings(**self.model_state_["slices"]),
+                                        self.config.fast)
+        return self._predictor
+
+    def _check_leak(self, patients: set[str]) -> None:
+        trained = self.model_state_.get("training_patients") if self.model_state_ else None
+        if trained is None:
+            log.warning("infnet: the segmentation checkpoint does not record its training "
+                        "patients; cannot verify it never saw evaluation patients")
+            return
+        fit = set(self.fit_patients_ or [])
+        leaked = sorted((set(trained) & patients) - fit)
+        if leaked:
+            raise DataError(
+                f"infnet: the segmentation checkpoint was trained on {len(leaked)} patient(s) "
+                f"outside this fit's training set (e.g. {leaked[0]}); retrain it on training "
+                "patients only or drop the checkpoint")
+
+    def transform(self, patients, ctx: ModalityContext):
+        import numpy as np
+        import pandas as pd
+
+        from . import ctio
+        from .features import Nodule, embedding_of, patient_row, segment_at, sweep
+        from .progress import bar
+
+        series = self._series(patients)
+        # leakage check on patients and on their series uids (checkpoints may store either)
+        self._check_leak(set(series) | set(series.values()))
+        pred = self._get_predictor()
+        vols = self._volumes()
+        ann = self._annotations() if self.config.candidate_source == "annotations" else None
+        cand = None
+        if self.config.candidate_source == "candidates":
+            if self.config.candidates is None:
+                raise DataError("infnet: candidate_source 'candidates' needs `candidates: FILE`")
+            cand = pd.read_csv(self.config.candidates, dtype={"seriesuid": str})
+        if self.config.candidate_source == "annotations" and ann is None:
+            raise DataError("infnet: candidate_source 'annotations' needs `annotations: FILE`")
+        dim = pred.model.embedding_dim
+        rows: dict[str, dict[str, float]] = {}
+        for pid, uid in bar(sorted(series.items()), desc="CT features", enabled=ctx.progress):
+            if uid not in vols:
+                continue
+            try:
+                vol = ctio.read_volume(vols[uid])
+                nodules: list[Nodule] = []
+                if self.config.candidate_source == "sweep":
+                    nodules = sweep(pred, vol, self.config.threshold)
+                else:
+                    src = ann if ann is not None else cand
+                    sel = src[src["seriesuid"] == uid]
+                    for r in sel.itertuples(index=False):
+                        d = float(getattr(r, "diameter_mm", self.config.candidate_diameter_mm))
+                        c = ctio.nodule_centres_index(vol, [(r.coordX, r.coordY, r.coordZ,
+                                                             d)], uid)[0][0]
+                        nd = segment_at(pred, vol, c, d, self.config.threshold)
+                        if self.config.candidate_source == "candidates" and \
+                                nd.features["seg_fallback"]:
+                            continue  # a candidate the network does not see is no nodule
+                        nodules.append(nd)
+                emb = None
+                if nodules:
+                    top = max(nodules, key=lambda nd: nd.features["volume_mm3"])
+                    emb = embedding_of(pred, vol, top)
+                rows[pid] = patient_row(nodules, emb, dim)
+            except DataError as exc:
+                log.warning("infnet: skipping patient %s (series %s): %s", pid, uid, exc)
+        cols = list(patient_row([], None, dim))
+        df = pd.DataFrame.from_dict(rows, orient="index", columns=cols).astype("float64")
+        df = df.replace([np.inf, -np.inf], 0.0).fillna(0.0)
+        df.index.name = "patient_id"
+        return df.sort_index()
+
+    def build_encoder(self, n_features: int):
+        import torch.nn as nn
+
+        h, d = self.config.hidden_dim, self.config.embedding_dim
+        enc = nn.Sequential(nn.LayerNorm(n_features), nn.Linear(n_features, h), nn.ReLU(),
+                            nn.Dropout(0.1), nn.Linear(h, d))
+        enc.embedding_dim = d
+        return enc
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model_state_, "fit_patients": self.fit_patients_}
+
+    def load_state_dict(self, state) -> None:
+        self.model_state_ = state["model"]
+        self.fit_patients_ = state.get("fit_patients")
+        self._predictor = None
+
+    @classmethod
+    def example(cls, workdir: Path, patient_ids: list[str]) -> InfNetConfig:
+        """Tiny CT tree: every patient but each fourth has a 64-px scan named by its id."""
+        from .synthetic import write_tree
+
+        root = Path(workdir) / "ct"
+        uids = [p for i, p in enumerate(patient_ids) if i % 4 != 3]
+        ann = write_tree(root, uids, seed=0, size=64, depth=16)
+        return InfNetConfig(
+            ct_root=root, annotations=ann, masks_dir=root / "masks",
+            train=TrainSettings(backbone="test_resnet", channel=8, epochs=1, batch_size=8,
+                                multiscale=[1.0], lr=1e-3, val_fraction=0.0,
+                                negatives_per_positive=0.25),
+            slices=SliceSettings(img_size=64), fast=FastPath(enabled=False),
+            embedding_dim=8, hidden_dim=16)
