@@ -116,6 +116,16 @@ def test_manifest_and_truth(tiny_cohort: Path) -> None:
     clin = pq.read_table(tiny_cohort / "clinical.parquet").to_pandas()
     assert list(truth.patient_id) == list(clin.patient_id)
     assert (truth.malignant.values == clin.malignant.values).all()
+    # every drawn nodule of a CT patient is rendered, the largest at its drawn size
+    ct = truth[truth.has_ct]
+    assert (ct.n_nodules_drawn == ct.n_nodules_rendered).all()
+    import pandas as pd
+
+    ann = pd.read_csv(tiny_cohort / "ct" / "annotations.csv")
+    biggest = ann.groupby("seriesuid").diameter_mm.max()
+    merged = clin.assign(index_d=truth.index_diameter_mm).dropna(subset=["seriesuid"])
+    merged = merged[merged.seriesuid.isin(biggest.index)]
+    assert np.allclose(biggest[merged.seriesuid].values, merged.index_d.values, atol=0.011)
     # malignant = the highest latent risks
     assert truth.risk[truth.malignant == 1].min() > truth.risk[truth.malignant == 0].max()
 

@@ -171,7 +171,7 @@ def _draw_nodule(hu: np.ndarray, mask: np.ndarray, label: int, c: np.ndarray, ra
 
     The boundary is a radius function of direction ``n``: ``r(n) = R (1 + sum_j a_j
     max(n.d_j, 0)^p_j)``, with a few broad lobes (p = 3) for lobulated shapes and many
-    thin spikes (p = 40) for spiculated ones. Returns the maximum extent factor."""
+    thin spikes (p = 60) for spiculated ones. Returns the maximum extent factor."""
     sx, sy, sz = geom.spacing
     nz, ny, nx = hu.shape
     if nod.shape == "round":
@@ -182,10 +182,10 @@ def _draw_nodule(hu: np.ndarray, mask: np.ndarray, label: int, c: np.ndarray, ra
         amps = rng.uniform(0.15, 0.35, nl)
         powers = np.full(nl, 3.0)
         if nod.shape == "spiculated":
-            ns = int(rng.integers(8, 16))
+            ns = int(rng.integers(10, 20))
             dirs = np.vstack([dirs, rng.normal(size=(ns, 3))])
-            amps = np.concatenate([amps, rng.uniform(0.6, 1.4, ns)])
-            powers = np.concatenate([powers, np.full(ns, 40.0)])
+            amps = np.concatenate([amps, rng.uniform(0.5, 1.3, ns)])
+            powers = np.concatenate([powers, np.full(ns, 60.0)])
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True).clip(1e-9)
     ext = 1.0 + float(amps.max(initial=0.0)) + 0.1
     half = [int(np.ceil(radius * ext / s)) + 2 for s in (sx, sy, sz)]

@@ -129,9 +129,9 @@ def max_diameter(geom: Geometry | None, cfg: SynthConfig) -> float:
     fov_y = geom.size[1] * geom.spacing[1]
     z_ext = geom.size[2] * geom.spacing[2]
     # lungs are ellipses with semi-axes 0.34 x 0.52 of the half-FOV (see ct.py)
-    lung_w = 2 * 0.34 * fov_x / 2 * 0.7  # tapered towards the apex
-    lung_h = 2 * 0.52 * fov_y / 2 * 0.7
-    return float(max(cfg.diameter_mm[0], min(hi, 0.6 * lung_w, 0.6 * lung_h, 0.4 * z_ext)))
+    lung_w = 2 * 0.34 * fov_x / 2 * 0.85  # tapered towards the apex
+    lung_h = 2 * 0.52 * fov_y / 2 * 0.85
+    return float(max(cfg.diameter_mm[0], min(hi, 0.75 * lung_w, 0.75 * lung_h, 0.4 * z_ext)))
 
 
 def _draw_nodules(rng: np.random.Generator, u: float, cap: float,
