@@ -291,13 +291,13 @@ def test_expression_reads_only_panel_columns(tmp_path: Path, monkeypatch) -> Non
     from lungfuse.plugins.genomics import readers
 
     calls = []
-    real = readers.read_table
+    real = readers.ParquetTable.read
 
-    def spy(path, columns, filters=None):
-        calls.append((list(columns), filters))
-        return real(path, columns, filters)
+    def spy(self, columns, filter=None):  # noqa: A002
+        calls.append((list(columns), filter))
+        return real(self, columns, filter)
 
-    monkeypatch.setattr(readers, "read_table", spy)
+    monkeypatch.setattr(readers.ParquetTable, "read", spy)
     df = expr_frame(genes=tuple(f"G{i}" for i in range(200)))
     fit_expr(tmp_path, df, panel=["G3", "G150"])
     data_reads = [cols for cols, flt in calls if flt is not None]

@@ -68,16 +68,16 @@ class MutationSource:
     def __init__(self, config: Any) -> None:
         self.cfg = config
         self.path = Path(config.path)
-        self._schema: pa.Schema | None = None
+        self._table: R.ParquetTable | None = None
         self._maf_samples: list[str] | None = None
         self._sequenced: list[str] | None = None
         self._mapper: R.SampleMapper | None = None
 
     # -- inputs ----------------------------------------------------------------------------
-    def schema(self) -> pa.Schema:
-        if self._schema is None:
-            pf = R.open_parquet(self.path, "mutation (MAF)")
-            schema = pf.schema_arrow
+    def table(self) -> R.ParquetTable:
+        if self._table is None:
+            table = R.ParquetTable(self.path, "mutation (MAF)")
+            schema = table.schema
             R.require_columns(self.path, schema, {SAMPLE: "string", GENE: "string",
                                                   CLASS: "string"}, "mutation (MAF)")
             if self.cfg.hotspot_list():
@@ -86,8 +86,8 @@ class MutationSource:
             if self.cfg.vaf_weighting:
                 R.require_columns(self.path, schema, {ALT: "numeric", DEPTH: "numeric"},
                                   "mutation (MAF) [needed for vaf_weighting]")
-            self._schema = schema
-        return self._schema
+            self._table = table
+        return self._table
 
     def mapper(self) -> R.SampleMapper:
         if self._mapper is None:
@@ -97,8 +97,7 @@ class MutationSource:
     def maf_samples(self) -> list[str]:
         """Distinct sample barcodes with any row in the MAF (only that column is read)."""
         if self._maf_samples is None:
-            self.schema()
-            col = R.read_table(self.path, [SAMPLE]).column(SAMPLE)
+            col = self.table().read([SAMPLE]).column(SAMPLE)
             uniq = pc.unique(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
             if pa.types.is_dictionary(uniq.type):
                 uniq = uniq.dictionary_decode()
@@ -163,7 +162,6 @@ class MutationSource:
         """Non-silent calls (Hugo_Symbol not Unknown) of ``samples``, optionally of ``genes``.
 
         Projection: only the needed columns; filters: class, sample and gene ``in`` sets."""
-        schema = self.schema()
         if columns is not None:
             cols = list(columns)
         else:
@@ -179,9 +177,7 @@ class MutationSource:
         )
         if genes is not None:
             flt = flt & pc.field(GENE).isin(list(genes))
-        del schema
-        t = R.read_table(self.path, cols, filters=flt)
-        return t.combine_chunks()
+        return self.table().read(cols, flt).combine_chunks()
 
     def _weights(self, t: pa.Table) -> np.ndarray:
         if not self.cfg.vaf_weighting:
@@ -312,15 +308,16 @@ class ExpressionSource:
         self.cfg = config
         self.path = Path(config.path)
         self._layout: str | None = None
-        self._schema: pa.Schema | None = None
+        self._table: R.ParquetTable | None = None
         self._samples: list[str] | None = None
         self._mapper: R.SampleMapper | None = None
 
     # -- inputs ----------------------------------------------------------------------------
     def schema(self) -> tuple[pa.Schema, str]:
-        if self._schema is None:
+        if self._table is None:
             c = self.cfg
-            schema = R.open_parquet(self.path, "expression").schema_arrow
+            table = R.ParquetTable(self.path, "expression")
+            schema = table.schema
             names = set(schema.names)
             layout = c.layout
             if layout == "auto":
@@ -340,9 +337,14 @@ class ExpressionSource:
                         schema.field(c.gene_column).type):
                     gene_kind = "numeric"
                 R.require_columns(self.path, schema, {c.gene_column: gene_kind}, "expression")
-            self._schema, self._layout = schema, layout
-        assert self._layout is not None
-        return self._schema, self._layout
+            self._table, self._layout = table, layout
+        assert self._layout is not None and self._table is not None
+        return self._table.schema, self._layout
+
+    def _read(self, columns: Sequence[str], flt: Any = None) -> pa.Table:
+        self.schema()
+        assert self._table is not None
+        return self._table.read(columns, flt)
 
     def mapper(self) -> R.SampleMapper:
         if self._mapper is None:
@@ -357,7 +359,7 @@ class ExpressionSource:
             if layout == "wide" and c.orientation == "genes_x_samples":
                 s = [n for n in schema.names if n != c.gene_column and not n.startswith("__")]
             else:
-                col = R.read_table(self.path, [c.sample_column]).column(0)
+                col = self._read([c.sample_column]).column(0)
                 col = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
                 s = pc.unique(col.combine_chunks()).to_pylist()
             self._samples = sorted(x for x in s if x)
@@ -369,7 +371,7 @@ class ExpressionSource:
         c = self.cfg
         if layout == "wide" and c.orientation == "samples_x_genes":
             return [n for n in schema.names if n != c.sample_column and not n.startswith("__")]
-        col = R.read_table(self.path, [c.gene_column]).column(0)
+        col = self._read([c.gene_column]).column(0)
         col = col.cast(pa.string())
         return sorted(x for x in pc.unique(col.combine_chunks()).to_pylist() if x)
 
@@ -398,8 +400,7 @@ class ExpressionSource:
             have = set(present)
             cols = present if genes is None else [g for g in genes if g in have]
             R.check_numeric_columns(self.path, schema, cols, "expression")
-            t = R.read_table(self.path, [c.sample_column, *cols],
-                             filters=pc.field(c.sample_column).isin(samples))
+            t = self._read([c.sample_column, *cols], pc.field(c.sample_column).isin(samples))
             ids = t.column(c.sample_column).cast(pa.string()).to_pylist()
             data = np.column_stack([
                 t.column(g).to_numpy(zero_copy_only=False).astype("float64", copy=False)
@@ -419,7 +420,7 @@ class ExpressionSource:
             flt = None
             if genes is not None:
                 flt = pc.field(gcol).cast(pa.string()).isin(list(genes))
-            t = R.read_table(self.path, [gcol, *cols], filters=flt)
+            t = self._read([gcol, *cols], flt)
             gids = [str(g) for g in t.column(gcol).to_pylist()]
             if len(set(gids)) != len(gids):
                 dup = pd.Index(gids)[pd.Index(gids).duplicated()][0]
@@ -438,7 +439,7 @@ class ExpressionSource:
             if R.is_numeric_type(schema.field(gcol).type):
                 gfield = gfield.cast(pa.string())
             flt = flt & gfield.isin(list(genes))
-        t = R.read_table(self.path, [scol, gcol, vcol], filters=flt)
+        t = self._read([scol, gcol, vcol], flt)
         df = pd.DataFrame({
             "sample": t.column(scol).cast(pa.string()).to_pylist(),
             "gene": t.column(gcol).cast(pa.string()).to_pylist(),
