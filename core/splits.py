@@ -8,6 +8,7 @@ seed always give the same table; no patient is in two splits of one fold.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from lungfuse.core.errors import DataError
@@ -61,14 +62,16 @@ def make_splits(
                                       stratify=y, random_state=seed)
             outer = [(np.sort(tr), np.sort(te))]
         for k, (tr, te) in enumerate(outer):
-            try:
-                fit, val = train_test_split(tr, test_size=val_fraction, stratify=y[tr],
-                                            random_state=seed + 1000 * (k + 1))
-            except ValueError:
+            _, tr_counts = np.unique(y[tr], return_counts=True)
+            if len(tr_counts) < len(classes) or tr_counts.min() < 2:
                 raise DataError(
-                    f"{source}: fold {k} has too few training patients per class for a "
-                    f"stratified validation split of {val_fraction}; use fewer folds or a "
-                    "larger training.val_fraction") from None
+                    f"{source}: fold {k} has fewer than 2 training patients in a class, too "
+                    "few for a validation split; use fewer folds or add patients")
+            # at least one validation patient per class, at least one training one too
+            n_val = min(max(math.ceil(val_fraction * len(tr)), len(classes)),
+                        len(tr) - len(classes))
+            fit, val = train_test_split(tr, test_size=n_val, stratify=y[tr],
+                                        random_state=seed + 1000 * (k + 1))
             for role, idx in (("train", fit), ("val", val), ("test", te)):
                 for i in idx:
                     rows.append((ids_a[i], seed, k, role))

@@ -138,12 +138,9 @@ class FusionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        # drop a last batch of one (a Cox loss or a batch statistic on one patient is useless)
-        drop_last = len(self.train_data) % self.batch_size == 1
         return torch.utils.data.DataLoader(_Indices(len(self.train_data)),
                                            batch_size=self.batch_size, shuffle=True,
-                                           generator=g, collate_fn=_Gather(self.train_data),
-                                           drop_last=drop_last)
+                                           generator=g, collate_fn=_Gather(self.train_data))
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(_Indices(len(self.val_data)),

@@ -8,7 +8,7 @@ bool}`` and returns ``(B, out_dim)``. Shared machinery lives in :class:`FusionHe
   never reach the output nor receive gradient).
 * **Modality dropout.** In training mode each present modality of each patient is hidden
   with probability ``p`` (config ``modality_dropout``); a patient whose present modalities
-  would all be hidden keeps them all, so no patient is trained on nothing by accident.
+  would all be hidden keeps one of them (chosen at random), so nobody is trained on nothing.
 * **Batch independence.** No batch statistics (no BatchNorm): a patient's output in eval
   mode does not depend on the rest of the batch.
 
@@ -89,7 +89,10 @@ class FusionHead(nn.Module):
             drop = torch.rand(mask.shape, device=mask.device) < self.modality_dropout
             kept = mask & ~drop
             lost_all = ~kept.any(1) & mask.any(1)
-            mask = torch.where(lost_all[:, None], mask, kept)
+            # a patient who would lose every modality keeps one present one, at random
+            pick = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+            one = nn.functional.one_hot(pick.argmax(1), mask.shape[1]).bool()
+            mask = torch.where(lost_all[:, None], one, kept)
         return mask
 
     def fill(self, embeddings: Mapping[str, Tensor], mask: Tensor) -> list[Tensor]:
