@@ -123,7 +123,6 @@ def child(method: str, args: dict) -> dict:
 
     import pandas as pd
     import pyarrow.parquet as pq
-
     from lungfuse.core.contracts import ModalityContext
     from lungfuse.plugins.genomics.plugin import (
         ExpressionConfig,

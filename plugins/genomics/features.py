@@ -76,7 +76,8 @@ class MutationSource:
     # -- inputs ----------------------------------------------------------------------------
     def table(self) -> R.ParquetTable:
         if self._table is None:
-            table = R.ParquetTable(self.path, "mutation (MAF)")
+            table = R.ParquetTable(self.path, "mutation (MAF)",
+                                   dictionary_columns=[SAMPLE, GENE, CLASS, HGVSP])
             schema = table.schema
             R.require_columns(self.path, schema, {SAMPLE: "string", GENE: "string",
                                                   CLASS: "string"}, "mutation (MAF)")
@@ -157,69 +158,58 @@ class MutationSource:
         return set(by) | extra
 
     # -- reading calls -----------------------------------------------------------------------
-    def calls(self, samples: Sequence[str], genes: Sequence[str] | None,
-              columns: Sequence[str] | None = None) -> pa.Table:
-        """Non-silent calls (Hugo_Symbol not Unknown) of ``samples``, optionally of ``genes``.
+    # -- reading calls -----------------------------------------------------------------------
+    def calls(self, samples: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """Non-silent calls (Hugo_Symbol not Unknown) of ``samples``: only ``columns``.
 
-        Projection: only the needed columns; filters: class, sample and gene ``in`` sets."""
-        if columns is not None:
-            cols = list(columns)
-        else:
-            cols = [SAMPLE, GENE]
-            if self.cfg.hotspot_list():
-                cols.append(HGVSP)
-            if self.cfg.vaf_weighting:
-                cols += [ALT, DEPTH]
+        Projection: only the needed columns; filters: class and sample ``in`` sets. Text
+        columns come dictionary-encoded (one chunk, one dictionary)."""
         flt = (
             pc.field(CLASS).isin(self.cfg.non_silent_classes())
             & (pc.field(GENE) != "Unknown")
             & pc.field(SAMPLE).isin(list(samples))
         )
-        if genes is not None:
-            flt = flt & pc.field(GENE).isin(list(genes))
-        return self.table().read(cols, flt).combine_chunks()
+        t = self.table().read(list(columns), flt)
+        return t.unify_dictionaries().combine_chunks()
 
-    def _weights(self, t: pa.Table) -> np.ndarray:
+    @staticmethod
+    def _codes(t: pa.Table, col: str) -> tuple[np.ndarray, list[str]]:
+        """Row codes and the dictionary of a text column (encoding it if it is not)."""
+        arr = t.column(col)
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+        if not pa.types.is_dictionary(arr.type):
+            arr = pc.dictionary_encode(arr)
+        codes = arr.indices.to_numpy(zero_copy_only=False)
+        codes = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, codes)
+        return codes.astype("int64"), [str(v) for v in arr.dictionary.to_pylist()]
+
+    def _weights(self, t: pa.Table, rows: np.ndarray) -> np.ndarray:
         if not self.cfg.vaf_weighting:
-            return np.ones(t.num_rows)
-        alt = t.column(ALT).to_numpy(zero_copy_only=False).astype("float64")
-        depth = t.column(DEPTH).to_numpy(zero_copy_only=False).astype("float64")
+            return np.ones(int(rows.sum()))
+        alt = t.column(ALT).to_numpy().astype("float64")[rows]
+        depth = t.column(DEPTH).to_numpy().astype("float64")[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             vaf = alt / depth
         # a call without a usable depth counts as present (weight 1)
-        vaf = np.where(np.isfinite(vaf), np.clip(vaf, 0.0, 1.0), 1.0)
-        return vaf
+        return np.where(np.isfinite(vaf), np.clip(vaf, 0.0, 1.0), 1.0)
 
-    def _patient_of(self, by: dict[str, list[str]]) -> dict[str, str]:
-        return {s: p for p, ss in by.items() for s in ss}
+    @staticmethod
+    def _row_patients(t: pa.Table, by: dict[str, list[str]], patients: list[str],
+                      ) -> np.ndarray:
+        """Index into ``patients`` of each row's sample (-1: not a selected sample)."""
+        pos = {p: i for i, p in enumerate(patients)}
+        s2i = {s: pos[p] for p, ss in by.items() for s in ss}
+        codes, dictionary = MutationSource._codes(t, SAMPLE)
+        lut = np.array([s2i.get(s, -1) for s in dictionary] + [-1], dtype="int64")
+        return lut[codes]  # code -1 (null) picks the trailing -1
 
-    def _patients(self, t: pa.Table, by: dict[str, list[str]]) -> pa.Array:
-        """The patient of each row's sample (vectorised lookup, no Python loop)."""
-        s2p = self._patient_of(by)
-        col = t.column(SAMPLE).cast(pa.string()).combine_chunks()
-        idx = pc.index_in(col, value_set=pa.array(list(s2p), type=pa.string()))
-        return pa.array(list(s2p.values()), type=pa.string()).take(idx)
-
-    def _gene_frame(self, t: pa.Table, by: dict[str, list[str]]) -> pd.DataFrame:
-        """Calls as a small pandas frame with patient, gene, weight (and HGVSp)."""
-        df = pd.DataFrame({
-            "patient": self._patients(t, by).to_pandas(),
-            "gene": t.column(GENE).cast(pa.string()).to_pandas(),
-            "w": self._weights(t),
-        })
-        if HGVSP in t.column_names:
-            df["hgvsp"] = t.column(HGVSP).cast(pa.string()).to_pandas()
-        return df
-
-    def _tmb(self, samples: Sequence[str], by: dict[str, list[str]]) -> pd.Series:
-        """TMB per covered patient (max over its samples; 0 without calls)."""
-        t = self.calls(samples, None, columns=[SAMPLE])
-        counts = t.group_by(SAMPLE).aggregate([([], "count_all")])
-        per_sample = dict(zip(counts.column(SAMPLE).cast(pa.string()).to_pylist(),
-                              counts.column("count_all").to_pylist(), strict=True))
-        cap = self.cfg.capture_mb
-        return pd.Series({p: max(per_sample.get(s, 0) for s in ss) / cap for p, ss in by.items()},
-                         dtype="float64")
+    def _tmb(self, t: pa.Table, by: dict[str, list[str]], patients: list[str]) -> np.ndarray:
+        """TMB per patient of ``patients``: max over its samples of calls / capture_mb."""
+        codes, dictionary = self._codes(t, SAMPLE)
+        n = np.bincount(codes[codes >= 0], minlength=len(dictionary))
+        per_sample = dict(zip(dictionary, n.tolist(), strict=True))
+        return np.array([max((per_sample.get(s, 0) for s in by.get(p, [])), default=0)
+                         for p in patients], dtype="float64") / self.cfg.capture_mb
 
     # -- fit / apply -------------------------------------------------------------------------
     def fit(self, ids: Sequence[str], log: logging.Logger) -> dict[str, Any]:
@@ -228,14 +218,15 @@ class MutationSource:
             raise DataError(f"{self.path}: no training patient has mutation data; check the "
                             "barcodes (barcode_rule / sample_map) against the cohort ids")
         samples = sorted(s for ss in by.values() for s in ss)
+        patients = sorted(set(by) | extra)
+        t = self.calls(samples, [SAMPLE, GENE] if self.cfg.top_n is not None else [SAMPLE])
         if self.cfg.top_n is not None:
-            t = self.calls(samples, None, columns=[SAMPLE, GENE])
-            pg = pa.table({"patient": self._patients(t, by),
-                           "gene": t.column(GENE).cast(pa.string())})
-            pairs = pg.group_by(["patient", "gene"]).aggregate([])  # distinct pairs
-            freq = pairs.group_by("gene").aggregate([([], "count_all")])
-            order = sorted(zip(freq.column("gene").to_pylist(),
-                               freq.column("count_all").to_pylist(), strict=True),
+            prow = self._row_patients(t, by, patients)
+            gcodes, gdict = self._codes(t, GENE)
+            ok = (prow >= 0) & (gcodes >= 0)
+            pairs = np.unique(prow[ok] * len(gdict) + gcodes[ok])  # distinct (patient, gene)
+            freq = np.bincount(pairs % len(gdict), minlength=len(gdict))
+            order = sorted(((g, int(f)) for g, f in zip(gdict, freq, strict=True) if f > 0),
                            key=lambda kv: (-kv[1], kv[0]))
             genes = [g for g, _ in order[: self.cfg.top_n]]
             log.info("mutations: top %d genes by training-patient frequency: %s", len(genes),
@@ -247,12 +238,11 @@ class MutationSource:
         state: dict[str, Any] = {"genes": genes, "hotspots": self.cfg.hotspot_list(),
                                  "use_tmb": bool(self.cfg.tmb), "tmb_mean": 0.0, "tmb_sd": 1.0}
         if self.cfg.tmb:
-            tmb = self._tmb(samples, by)
-            vals = np.log1p(np.concatenate([tmb.to_numpy(), np.zeros(len(extra))]))
+            vals = np.log1p(self._tmb(t, by, patients))
             state["tmb_mean"], state["tmb_sd"] = _std_stats(vals)
         state["columns"] = self._columns(state)
         log.info("mutations: fitted on %d training patients (%d features)",
-                 len(by) + len(extra), len(state["columns"]))
+                 len(patients), len(state["columns"]))
         return state
 
     @staticmethod
@@ -267,35 +257,45 @@ class MutationSource:
         by, extra = self.coverage(ids, log)
         patients = sorted(set(by) | extra)
         columns = list(state["columns"])
-        out = pd.DataFrame(0.0, index=patients, columns=columns)
+        out = np.zeros((len(patients), len(columns)), dtype="float64")
+        col_of = {c: j for j, c in enumerate(columns)}
         samples = sorted(s for ss in by.values() for s in ss)
         hotspots = list(state["hotspots"])
-        wanted = list(dict.fromkeys(list(state["genes"]) + [h.split()[0] for h in hotspots]))
         if samples:
-            df = self._gene_frame(self.calls(samples, wanted), by)
-        else:
-            df = pd.DataFrame({"patient": [], "gene": [], "w": [], "hgvsp": []})
-        seen = set(df["gene"].unique())
-        genes = [g for g in state["genes"] if g in seen]
-        if genes:
-            m = df[df["gene"].isin(genes)].pivot_table(index="patient", columns="gene",
-                                                       values="w", aggfunc="max")
-            out.loc[m.index, m.columns] = m.fillna(0.0).to_numpy()
-        for h in hotspots:
-            gene, change = h.split()
-            change = change.removeprefix("p.")
-            pat = re.escape(change) + (r"(?!\d)" if change[-1].isdigit() else r"$")
-            sub = df[df["gene"] == gene]
-            if sub.empty:
-                continue
-            hit = sub["hgvsp"].fillna("").str.removeprefix("p.").str.match(pat)
-            best = sub[hit].groupby("patient")["w"].max()
-            out.loc[best.index, h.replace(" ", "_")] = best.to_numpy()
-        if "TMB" in columns:
-            tmb = (self._tmb(samples, by) if samples else pd.Series(dtype="float64"))
-            tmb = tmb.reindex(patients).fillna(0.0)
-            out["TMB"] = (np.log1p(tmb.to_numpy()) - state["tmb_mean"]) / state["tmb_sd"]
-        return _index_frame(out.astype("float32"))
+            cols = [SAMPLE, GENE] + ([HGVSP] if hotspots else [])
+            cols += [ALT, DEPTH] if self.cfg.vaf_weighting else []
+            t = self.calls(samples, cols)  # one read: panel genes, hotspots and TMB
+            prow = self._row_patients(t, by, patients)
+            gcodes, gdict = self._codes(t, GENE)
+            wanted = set(state["genes"]) | {h.split()[0] for h in hotspots}
+            keep_gene = np.array([g in wanted for g in gdict] + [False])
+            rows = keep_gene[gcodes] & (prow >= 0)
+            df = pd.DataFrame({"p": prow[rows], "gene": np.array(gdict + [""])[gcodes[rows]],
+                               "w": self._weights(t, rows)})
+            if hotspots:
+                hc, hd = self._codes(t, HGVSP)
+                df["hgvsp"] = np.array([*hd, ""], dtype=object)[hc[rows]]
+            panel = set(state["genes"])
+            for (p, gene), w in df.groupby(["p", "gene"])["w"].max().items():
+                if gene in panel:
+                    out[p, col_of[gene]] = w
+            for h in hotspots:
+                gene, change = h.split()
+                change = change.removeprefix("p.")
+                pat = re.escape(change) + (r"(?!\d)" if change[-1].isdigit() else r"$")
+                sub = df[df["gene"] == gene]
+                if sub.empty:
+                    continue
+                hit = sub["hgvsp"].astype(str).str.removeprefix("p.").str.match(pat)
+                for p, w in sub[hit.to_numpy()].groupby("p")["w"].max().items():
+                    out[p, col_of[h.replace(" ", "_")]] = w
+            if "TMB" in col_of:
+                tmb = self._tmb(t, by, patients)
+        elif "TMB" in col_of:
+            tmb = np.zeros(len(patients))
+        if "TMB" in col_of:
+            out[:, col_of["TMB"]] = (np.log1p(tmb) - state["tmb_mean"]) / state["tmb_sd"]
+        return _index_frame(pd.DataFrame(out, index=patients, columns=columns).astype("float32"))
 
 
 # ==========================================================================================
@@ -316,7 +316,8 @@ class ExpressionSource:
     def schema(self) -> tuple[pa.Schema, str]:
         if self._table is None:
             c = self.cfg
-            table = R.ParquetTable(self.path, "expression")
+            table = R.ParquetTable(self.path, "expression",
+                                   dictionary_columns=[c.sample_column, c.gene_column])
             schema = table.schema
             names = set(schema.names)
             layout = c.layout

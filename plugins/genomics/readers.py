@@ -73,16 +73,20 @@ class ParquetTable:
     ``pyarrow.parquet.read_table`` call would parse it again. Here the file's metadata is
     read once (``ensure_complete_metadata``) and each :meth:`read` is a projected,
     filtered scan (row groups pruned by statistics, rows filtered by the expression).
+    ``dictionary_columns`` are read dictionary-encoded: repetitive text (sample barcodes,
+    gene symbols, variant classes) decodes many times faster that way.
     """
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str,
+                 dictionary_columns: Sequence[str] | None = None) -> None:
         import pyarrow.dataset as ds
         import pyarrow.fs as pafs
 
         self.path = Path(path)
         self.what = what
         _check_file(self.path, what)
-        fmt = ds.ParquetFileFormat()
+        opts = ds.ParquetReadOptions(dictionary_columns=list(dictionary_columns or []))
+        fmt = ds.ParquetFileFormat(read_options=opts)
         try:
             frag = fmt.make_fragment(str(self.path), filesystem=pafs.LocalFileSystem())
             frag.ensure_complete_metadata()
