@@ -446,3 +446,19 @@ def test_on_tiny_synthetic_cohort(tiny_cohort: Path, tmp_path: Path) -> None:
     expr.prepare(train, c)
     fe = expr.transform(features, c)
     assert fe.shape[1] == 20 and set(fe.index) <= set(clin.index)
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    path, _ = write_maf(tmp_path, [maf_row(s(0), "KRAS")])
+    with pytest.raises(ValidationError, match="gmt"):
+        ExpressionConfig(path=path, selection="gmt")
+    with pytest.raises(ValidationError, match="KRAS G12C"):
+        MutationsConfig(path=path, hotspots=["KRASG12C"])
+    with pytest.raises(ValidationError, match="file not found"):
+        MutationsConfig(path=tmp_path / "nope.parquet")
+    assert MutationsConfig(path=path, non_silent="tmb").non_silent_classes() == [
+        "Missense_Mutation", "Nonsense_Mutation", "Nonstop_Mutation", "Splice_Site",
+        "Frame_Shift_Del", "Frame_Shift_Ins"]
+    assert len(MutationsConfig(path=path).non_silent_classes()) == 9
