@@ -222,6 +222,7 @@ def write_expression(cfg: SynthConfig, cohort: Cohort, genes: list[str],
     rng = rng_for(cfg.seed, "expression-genes")
     mu = np.clip(rng.normal(4.0, 2.2, n_genes), -2.0, 12.0)
     sigma = rng.uniform(0.25, 0.7, n_genes)
+    mu32, sigma32 = mu.astype(np.float32), sigma.astype(np.float32)
     names = list(modules)
     load = np.zeros((len(names), n_genes), np.float32)
     for k, name in enumerate(names):
@@ -260,9 +261,16 @@ def write_expression(cfg: SynthConfig, cohort: Cohort, genes: list[str],
                 for k, name in enumerate(names):
                     if name in lat:
                         scores[row - start, k] = lat[name]
-            x = mu[None, :] + scores @ load
-            x += r.normal(size=(m, n_genes)) * sigma[None, :]
-            vals = np.maximum(np.exp2(x) - 1.0, 0.0).astype(np.float32)
+            # float32 in place: one (m x genes) buffer plus the noise draw
+            vals = scores @ load
+            vals += mu32[None, :]
+            noise = r.standard_normal(size=(m, n_genes), dtype=np.float32)
+            noise *= sigma32[None, :]
+            vals += noise
+            del noise
+            np.exp2(vals, out=vals)
+            vals -= 1.0
+            np.maximum(vals, 0.0, out=vals)
             samples = [sample_name(s) for s in range(start, stop)]
             if cfg.long:
                 tbl = pa.table({
