@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from lungfuse.core.errors import ConfigError, DataError
 from lungfuse.core.synth import generate, planned_count
 
@@ -158,6 +159,7 @@ def test_long_layout_and_genomics_only(tmp_path: Path) -> None:
 
 def test_refuses_non_empty_and_bad_knobs(tmp_path: Path) -> None:
     from click.testing import CliRunner
+
     from lungfuse.core.synth.cli import synth
 
     out = tmp_path / "busy"

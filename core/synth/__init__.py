@@ -130,10 +130,11 @@ def _write_all(cfg: SynthConfig, root: Path, progress: bool) -> dict[str, int]:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
     from lungfuse.core.io import write_json
     from lungfuse.core.synth import omics
     from lungfuse.core.synth.latent import draw_cohort
-    from tqdm.auto import tqdm
 
     cohort = draw_cohort(cfg)
     n = cfg.patients

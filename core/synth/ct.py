@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from lungfuse.core.synth.latent import Geometry, Nodule
 
 LUNG_CENTRES = ((-0.42, -0.02), (0.42, -0.02))

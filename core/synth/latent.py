@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from lungfuse.core.synth.presets import SynthConfig, planned_count
 
 

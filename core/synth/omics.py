@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from lungfuse.core.synth.latent import Cohort, rng_for
 from lungfuse.core.synth.presets import SynthConfig
 

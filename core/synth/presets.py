@@ -8,7 +8,7 @@ through ``synth.json``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lungfuse.core.errors import ConfigError
@@ -63,11 +63,8 @@ class SynthConfig:
     median_survival_months: float = 36.0
     censor_months: tuple[float, float] = (6.0, 84.0)
 
-    extra: dict[str, Any] = field(default_factory=dict)
-
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("extra")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -102,7 +99,8 @@ def make_config(preset: str, patients: int | None, seed: int, long: bool,
     if preset not in PRESETS:
         raise ConfigError(f"unknown synth preset '{preset}'; choose one of "
                           f"{', '.join(PRESETS)}")
-    names = {f.name for f in dataclasses.fields(SynthConfig)} - {"preset", "extra"}
+    names = {f.name for f in dataclasses.fields(SynthConfig)} - {"preset", "seed", "long",
+                                                                    "patients"}
     unknown = sorted(set(knobs) - names)
     if unknown:
         raise ConfigError(f"unknown synth knob(s) {', '.join(unknown)}; "
