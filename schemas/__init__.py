@@ -126,7 +126,8 @@ class ExperimentConfigBase(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    output_dir: OutputPath = Field(default=Path("runs"), description="Run folders go here.")
+    output_dir: OutputPath = Field(default=Path("runs"), validate_default=True,
+                                   description="Run folders go here (relative to the config).")
 
     @model_validator(mode="after")
     def _unique_modality_names(self) -> ExperimentConfigBase:
