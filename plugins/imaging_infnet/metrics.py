@@ -20,12 +20,11 @@ from torch import Tensor
 
 
 def _counts(prob: Tensor, mask: Tensor, threshold: float) -> Tensor:
-    """(n, 5) tp, fp, tn, fn, support per image."""
-    from torchmetrics.functional.classification import binary_stat_scores
-
-    n = prob.shape[0]
-    return binary_stat_scores(prob.reshape(n, -1).float(), mask.reshape(n, -1).long(),
-                              threshold=threshold, multidim_average="samplewise")
+    """(n, 4) tp, fp, tn, fn per image for ``prob >= threshold`` against a 0/1 mask."""
+    pred = prob >= threshold
+    pos = mask == 1
+    return torch.stack([(pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & ~pos).sum(1),
+                        (~pred & pos).sum(1)], 1)
 
 
 def _dice(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:

@@ -24,9 +24,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
 from lungfuse.core.errors import DataError
 from lungfuse.core.io import atomic_path
-from torch.utils.data import DataLoader
 
 from .config import SliceSettings, TrainSettings
 from .dataset import SliceDataset, SlicePool
@@ -170,6 +171,10 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
                          settings.seed)
     ckpt_dir = Path(out_dir) / "lightning"
     cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     quiet = not enabled(progress)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         if quiet:

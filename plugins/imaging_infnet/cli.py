@@ -1,0 +1,248 @@
+"""``lungfuse segment train|predict|evaluate`` and ``lungfuse infnet import``.
+
+Config: a YAML file validated by :class:`~.config.SegmentConfig` (paths relative to the
+file). User errors are ``LungfuseError`` subclasses, which the core CLI prints as one line
+with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from lungfuse.core.errors import ConfigError, DataError
+
+log = logging.getLogger("lungfuse.imaging")
+
+
+def load_config(path: Path, **overrides: object):
+    """Read and validate a segment config YAML (unknown keys are errors)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .config import SegmentConfig
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SegmentConfig.model_validate(raw, context={"base_dir": Path(path).resolve().parent})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {where}: {e['msg']}") from None
+
+
+def _selected(cfg) -> list[tuple[str, Path]]:
+    from .ctio import find_volumes
+
+    vols = find_volumes(cfg.ct_root)
+    if cfg.series:
+        missing = [u for u in cfg.series if u not in vols]
+        for u in missing:
+            log.warning("series %s: no volume under %s; skipped", u, cfg.ct_root)
+        vols = {u: vols[u] for u in cfg.series if u in vols}
+    if not vols:
+        raise DataError(f"{cfg.ct_root}: no CT volumes found (.mhd/.nii/.nrrd or DICOM folders)")
+    return sorted(vols.items())
+
+
+def _patients(cfg) -> dict[str, str]:
+    """series uid -> patient id (from the clinical table; else the uid itself)."""
+    if cfg.clinical is None:
+        return {}
+    import pandas as pd
+
+    df = pd.read_parquet(cfg.clinical, columns=None)
+    if "patient_id" in df.columns:
+        df = df.set_index("patient_id")
+    if "seriesuid" not in df.columns:
+        raise DataError(f"{cfg.clinical}: no 'seriesuid' column to link CT to patients")
+    return {str(u): str(p) for p, u in df["seriesuid"].items() if u is not None and u == u}
+
+
+def _cases(cfg, items, progress: bool):
+    from .ctio import check_annotations, find_volumes, read_annotations
+
+    ann = read_annotations(cfg.annotations) if cfg.annotations else None
+    if ann is not None:
+        ann = check_annotations(ann, find_volumes(cfg.ct_root), str(cfg.annotations))
+        ann = ann[ann["seriesuid"].isin({u for u, _ in items})]
+    from .ctio import load_cases
+
+    return load_cases(items, ann, cfg.masks_dir, cfg.train.refine_hu, _patients(cfg),
+                      progress=progress)
+
+
+@click.group()
+def segment() -> None:
+    """Inf-Net CT nodule segmentation: train, predict, evaluate."""
+
+
+@segment.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--epochs", type=int, default=None, help="Override train.epochs.")
+@click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Lightning checkpoint (out_dir/lightning/last.ckpt) to resume from.")
+@click.option("--no-progress", is_flag=True)
+def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress: bool) -> None:
+    """Train Inf-Net on the scans of CONFIG (supervised); writes out_dir/infnet.pt."""
+    import numpy as np
+
+    from .dataset import build_pool
+    from .train import fit
+
+    cfg = load_config(config)
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    if cfg.annotations is None and cfg.masks_dir is None:
+        raise ConfigError(f"{config}: training needs `annotations` or `masks_dir`")
+    cases = _cases(cfg, _selected(cfg), not no_progress)
+    if not cases:
+        raise DataError(f"{config}: no readable scan to train on")
+    rng = np.random.default_rng(cfg.train.seed)
+    order = rng.permutation(len(cases))
+    n_val = int(round(cfg.train.val_fraction * len(cases))) if len(cases) > 1 else 0
+    val = [cases[i] for i in order[:n_val]]
+    trn = [cases[i] for i in order[n_val:]]
+    t = cfg.train
+    pool = build_pool(trn, cfg.slices, t.negatives_per_positive, t.seed, t.max_slices)
+    vpool = build_pool(val, cfg.slices, t.negatives_per_positive, t.seed) if val else None
+    ids = sorted({c.patient_id or c.uid for c in trn} | {c.patient_id or c.uid for c in val})
+    _, ckpt = fit(pool, vpool, cfg.slices, t, cfg.out_dir, ids,
+                  resume=resume or cfg.resume, progress=not no_progress)
+    click.echo(f"trained on {len(pool)} slices from {len(trn)} scans "
+               f"({len(val)} for validation); checkpoint: {ckpt}")
+
+
+def _predictor(cfg, checkpoint: Path | None):
+    from .infer import Predictor
+    from .train import load_checkpoint
+
+    ck = checkpoint or cfg.checkpoint
+    if ck is None:
+        raise ConfigError("no checkpoint: give --checkpoint or `checkpoint:` in the config")
+    model, meta = load_checkpoint(ck)
+    return Predictor(model, meta["slices"], cfg.fast), meta
+
+
+def _overlay(path: Path, vol, prob, threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lungfuse.core.io import atomic_path
+
+    m = prob >= threshold
+    z = int(np.argmax(m.reshape(m.shape[0], -1).sum(1))) if m.any() else vol.array.shape[0] // 2
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.imshow(np.clip(vol.array[z], -1000, 400), cmap="gray")
+    if m[z].any():
+        ax.contour(m[z], levels=[0.5], colors="red", linewidths=1)
+    ax.set_title(f"slice {z}")
+    ax.axis("off")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+@segment.command("predict")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--no-fast", is_flag=True, help="Float32 eager instead of the fast path.")
+@click.option("--no-progress", is_flag=True)
+def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, no_progress: bool) -> None:
+    """Segment every scan: out_dir/masks/<uid>.mhd (aligned) + out_dir/overlays/<uid>.png."""
+    import numpy as np
+
+    from .ctio import read_volume, write_volume
+    from .progress import bar
+
+    cfg = load_config(config)
+    if no_fast:
+        cfg.fast.enabled = False
+    pred, _ = _predictor(cfg, checkpoint)
+    done = 0
+    for uid, path in bar(_selected(cfg), desc="segmenting", enabled=not no_progress):
+        try:
+            vol = read_volume(path)
+        except DataError as exc:
+            log.warning("skipping scan %s: %s", uid, exc)
+            click.echo(f"skipped {uid}: {exc}", err=True)
+            continue
+        prob = pred.predict_volume(vol)
+        mask = (prob >= cfg.threshold).astype(np.uint8)
+        write_volume(cfg.out_dir / "masks" / f"{uid}.mhd", vol.like(mask))
+        if cfg.overlays:
+            _overlay(cfg.out_dir / "overlays" / f"{uid}.png", vol, prob, cfg.threshold)
+        done += 1
+    click.echo(f"wrote {done} mask(s) to {cfg.out_dir / 'masks'}")
+
+
+@segment.command("evaluate")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--no-fast", is_flag=True)
+@click.option("--no-progress", is_flag=True)
+def evaluate_cmd(config: Path, checkpoint: Path | None, no_fast: bool, no_progress: bool) -> None:
+    """Slice metrics (Dice@0.5, mean Dice over 256 thresholds, Sen, Spe, MAE) on nodule
+    slices and per-nodule 3D Dice; writes out_dir/metrics.json."""
+    import numpy as np
+    import torch
+
+    from lungfuse.core.io import write_json
+
+    from .metrics import nodule_dice_3d, segmentation_metrics, summarise
+
+    cfg = load_config(config)
+    if no_fast:
+        cfg.fast.enabled = False
+    pred, meta = _predictor(cfg, checkpoint)
+    cases = _cases(cfg, _selected(cfg), not no_progress)
+    trained = set(meta.get("training_patients") or [])
+    overlap = sorted(trained & {c.patient_id or c.uid for c in cases})
+    if overlap:
+        raise DataError(f"{config}: {len(overlap)} evaluation scan(s) were in the checkpoint's "
+                        f"training set (e.g. {overlap[0]}); evaluate on held-out scans")
+    per: dict[str, list[float]] = {}
+    nod: list[float] = []
+    for c in cases:
+        prob = pred.predict_volume(c.volume)
+        lab = c.labels
+        zs = np.nonzero(lab.reshape(lab.shape[0], -1).any(1))[0]
+        if zs.size:
+            m = segmentation_metrics(torch.from_numpy(prob[zs]), torch.from_numpy(lab[zs] > 0))
+            for k, v in m.items():
+                per.setdefault(k, []).extend(v.tolist())
+        nod.extend(nodule_dice_3d(prob >= cfg.threshold, lab).values())
+    res = summarise(per) if per else {}
+    res.update({"nodule_dice_3d": float(np.mean(nod)) if nod else float("nan"),
+                "n_nodules": len(nod), "n_slices": len(per.get("dice", [])),
+                "n_scans": len(cases)})
+    write_json(cfg.out_dir / "metrics.json", res)
+    click.echo(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in res.items()))
+
+
+@click.group()
+def infnet() -> None:
+    """Inf-Net utilities."""
+
+
+@infnet.command("import")
+@click.argument("original", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def import_cmd(original: Path, out: Path) -> None:
+    """Convert an authors' Inf-Net/Semi-Inf-Net ORIGINAL.pth into a lungfuse checkpoint."""
+    from .reference import import_checkpoint
+
+    path = import_checkpoint(original, out)
+    click.echo(f"imported {original} -> {path} (res2net50d, 5 maps, strict key mapping)")
