@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     args = ap.parse_args()
 
-    from lungfuse.core.synth import generate
     from sklearn.metrics import roc_auc_score
+
+    from lungfuse.core.synth import generate
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()

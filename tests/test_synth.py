@@ -168,6 +168,11 @@ def test_refuses_non_empty_and_bad_knobs(tmp_path: Path) -> None:
     r = CliRunner().invoke(synth, [str(out), "--preset", "tiny"])
     assert r.exit_code == 2 and "not empty" in r.output
     assert (out / "keep.txt").read_text() == "mine"
+    from lungfuse.core.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # the `lungfuse` entry point, too
+        main(["synth", str(out)])
+    assert exc.value.code == 2
     with pytest.raises(DataError):
         generate(out, preset="tiny", progress=False)
     with pytest.raises(ConfigError):

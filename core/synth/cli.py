@@ -9,6 +9,16 @@ import click
 from lungfuse.core.errors import LungfuseError
 
 
+class _UserError(click.ClickException):
+    """A one-line user error with exit code 2, both under ``lungfuse`` and when the
+    command is invoked on its own (click's standalone mode)."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
 @click.command("synth")
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--preset", type=click.Choice(["tiny", "demo", "bench"]), default="tiny",
@@ -21,8 +31,7 @@ from lungfuse.core.errors import LungfuseError
 @click.option("--no-ct", is_flag=True, help="Skip CT (a genomics-only cohort, quick for bench).")
 @click.option("--with-ct", is_flag=True, help="Write CT even where the preset skips it (bench).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
-@click.pass_context
-def synth(ctx: click.Context, out: Path, preset: str, patients: int | None, seed: int,
+def synth(out: Path, preset: str, patients: int | None, seed: int,
           long_: bool, no_ct: bool, with_ct: bool, overwrite: bool) -> None:
     """Write a synthetic cohort to OUT: LUNA16 CT + masks, MAF mutations, expression,
     clinical outcome (see docs/synthetic.md).
@@ -37,8 +46,7 @@ def synth(ctx: click.Context, out: Path, preset: str, patients: int | None, seed
 
     knobs = {}
     if no_ct and with_ct:
-        click.echo("error: --no-ct and --with-ct contradict each other; pick one", err=True)
-        ctx.exit(2)
+        raise _UserError("--no-ct and --with-ct contradict each other; pick one")
     if no_ct:
         knobs["with_ct"] = False
     if with_ct:
@@ -47,8 +55,7 @@ def synth(ctx: click.Context, out: Path, preset: str, patients: int | None, seed
         res = generate(out, preset=preset, patients=patients, seed=seed, long=long_,
                        overwrite=overwrite, **knobs)
     except LungfuseError as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(2)
+        raise _UserError(str(exc)) from None
     click.echo(f"wrote {res.n_patients} patients to {res.out_dir}: {res.n_series} CT series, "
                f"{res.n_nodules} nodules, {res.n_mutations} mutation calls, "
                f"{res.n_expression_samples} expression samples")
