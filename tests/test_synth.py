@@ -157,6 +157,25 @@ def test_long_layout_and_genomics_only(tmp_path: Path) -> None:
     assert 40 - n_samples == planned_count(40, 0.3) == 12
 
 
+def test_class_mix_and_missingness_follow_the_knobs(tmp_path: Path) -> None:
+    res = generate(tmp_path / "k", preset="tiny", patients=20, seed=5, progress=False,
+                   malignant_fraction=0.25, no_ct_fraction=0.5, no_genomics_fraction=0.4,
+                   expression_only_fraction=0.25, zero_calls_fraction=0.5, size_xy=32,
+                   slices=(8, 10))
+    clin = pq.read_table(res.clinical).to_pandas()
+    assert clin.malignant.sum() == 5
+    assert clin.seriesuid.isna().sum() == 10 == res.n_series
+    rna = {s[:12] for s in pq.read_table(res.expression).column("sample").to_pylist()}
+    dna = {s[:12] for s in res.sequenced_samples.read_text().split()}
+    called = {s[:12] for s in pq.read_table(res.mutations).column(
+        "Tumor_Sample_Barcode").to_pylist()}
+    assert len(rna) == 12 and dna < rna and len(rna - dna) == 3
+    assert called < dna and len(dna - called) == planned_count(9, 0.5) == 4
+    # no-CT patients are drawn among those with genomics: nobody lacks everything
+    has_ct = set(clin.patient_id[clin.seriesuid.notna()])
+    assert set(clin.patient_id) == has_ct | rna
+
+
 def test_refuses_non_empty_and_bad_knobs(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

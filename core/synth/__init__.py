@@ -87,10 +87,10 @@ def generate(out_dir: str | os.PathLike[str], preset: str = "tiny", patients: in
 
         raise ConfigError(f"synth seed must be >= 0, got {seed}")
     cfg = make_config(preset, patients, seed, long, knobs)
-    if _non_empty(out) and not overwrite:
-        raise DataError(f"output folder {out} is not empty; choose another or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise DataError(f"output path {out} is a file; choose a folder")
+    if _non_empty(out) and not overwrite:
+        raise DataError(f"output folder {out} is not empty; choose another or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
     try:

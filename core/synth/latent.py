@@ -124,8 +124,10 @@ def draw_geometry(rng: np.random.Generator, cfg: SynthConfig) -> Geometry:
 def max_diameter(geom: Geometry | None, cfg: SynthConfig) -> float:
     """The largest nodule the (miniature) lungs of this grid hold comfortably."""
     hi = cfg.diameter_mm[1]
-    if geom is None:
-        return hi
+    if geom is None:  # no scan: the cap of a typical scan of this preset, for consistency
+        nz = (cfg.slices[0] + cfg.slices[1]) // 2
+        sxy, sz = sum(cfg.spacing_xy) / 2, sum(cfg.spacing_z) / 2
+        geom = Geometry((cfg.size_xy, cfg.size_xy, nz), (sxy, sxy, sz), (0.0, 0.0, 0.0))
     fov_x = geom.size[0] * geom.spacing[0]
     fov_y = geom.size[1] * geom.spacing[1]
     z_ext = geom.size[2] * geom.spacing[2]

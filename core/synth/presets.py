@@ -127,6 +127,11 @@ def make_config(preset: str, patients: int | None, seed: int, long: bool,
         raise ConfigError("synth volumes must be at least 32 px in-plane and 8 slices")
     if cfg.n_genes < 60:
         raise ConfigError(f"synth needs n_genes >= 60 (the named panels), got {cfg.n_genes}")
+    for k in ("chunk_rows", "n_subsets", "n_modules", "module_size"):
+        if int(getattr(cfg, k)) < 1:
+            raise ConfigError(f"synth knob {k} must be >= 1, got {getattr(cfg, k)}")
+    if cfg.spacing_xy[0] <= 0 or cfg.spacing_z[0] <= 0 or cfg.diameter_mm[0] <= 0:
+        raise ConfigError("synth knobs spacing_xy, spacing_z and diameter_mm must be positive")
     if not 0 <= cfg.max_nodules <= 9:
         raise ConfigError(f"synth knob max_nodules must be in 0..9, got {cfg.max_nodules}")
     return cfg
