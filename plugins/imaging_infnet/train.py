@@ -152,9 +152,11 @@ class SliceDataModule(L.LightningDataModule):
 def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings,
         settings: TrainSettings, out_dir: Path, training_patients: Sequence[str],
         resume: Path | None = None, init_weights: InfNet | None = None,
-        progress: bool = True, max_epochs: int | None = None) -> tuple[InfNetModule, Path]:
+        progress: bool = True, max_epochs: int | None = None,
+        callbacks: Sequence[L.Callback] = ()) -> tuple[InfNetModule, Path]:
     """Train (or resume) and write ``out_dir/infnet.pt`` (lungfuse format) and Lightning
-    checkpoints under ``out_dir/lightning`` (``last.ckpt`` resumes)."""
+    checkpoints under ``out_dir/lightning`` (``last.ckpt`` resumes). ``callbacks`` are
+    extra Lightning callbacks (e.g. the semi-supervised EMA teacher)."""
     from .progress import enabled
 
     if not len(train_pool):
@@ -181,7 +183,7 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
             logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=max_epochs or settings.epochs, accelerator="cpu", devices=1,
-        gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb],
+        gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb, *callbacks],
         enable_progress_bar=enabled(progress), enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1, deterministic=False, num_sanity_val_steps=0,
         log_every_n_steps=1, limit_val_batches=1.0 if val_pool else 0)
