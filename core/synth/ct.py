@@ -171,22 +171,22 @@ def _draw_nodule(hu: np.ndarray, mask: np.ndarray, label: int, c: np.ndarray, ra
     """Paint one nodule into ``hu`` and ``mask`` (only where still unlabelled).
 
     The boundary is a radius function of direction ``n``: ``r(n) = R (1 + sum_j a_j
-    max(n.d_j, 0)^p_j)``, with a few broad lobes (p = 3) for lobulated shapes and many
-    thin spikes (p = 60) for spiculated ones. Returns the maximum extent factor."""
+    max(n.d_j, 0)^p_j)``, with a few broad lobes (p = 4) for lobulated shapes and many
+    thin spikes (p = 120) for spiculated ones. Returns the maximum extent factor."""
     sx, sy, sz = geom.spacing
     nz, ny, nx = hu.shape
     if nod.shape == "round":
         dirs, amps, powers = np.zeros((0, 3)), np.zeros(0), np.zeros(0)
     else:
-        nl = int(rng.integers(3, 6))
+        nl = int(rng.integers(4, 8))
         dirs = rng.normal(size=(nl, 3))
-        amps = rng.uniform(0.15, 0.35, nl)
-        powers = np.full(nl, 3.0)
+        amps = rng.uniform(0.25, 0.5, nl)
+        powers = np.full(nl, 4.0)
         if nod.shape == "spiculated":
-            ns = int(rng.integers(10, 20))
+            ns = int(rng.integers(16, 28))
             dirs = np.vstack([dirs, rng.normal(size=(ns, 3))])
-            amps = np.concatenate([amps, rng.uniform(0.5, 1.3, ns)])
-            powers = np.concatenate([powers, np.full(ns, 60.0)])
+            amps = np.concatenate([amps, rng.uniform(0.8, 1.8, ns)])
+            powers = np.concatenate([powers, np.full(ns, 120.0)])
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True).clip(1e-9)
     ext = 1.0 + float(amps.max(initial=0.0)) + 0.1
     half = [int(np.ceil(radius * ext / s)) + 2 for s in (sx, sy, sz)]
