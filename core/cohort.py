@@ -28,6 +28,9 @@ class Cohort:
     task: str  # "binary" | "survival"
     outcome_columns: tuple[str, ...]
     source: str = "<table>"
+    #: every label column of the task config present in the table (a survival task's
+    #: table may also hold ``malignant``): hidden from ``available``/``transform``
+    label_columns: tuple[str, ...] = ()
 
     @property
     def ids(self) -> list[str]:
@@ -43,7 +46,8 @@ class Cohort:
         """Rows (all, or ``ids``) with the outcome columns removed: what ``available`` and
         ``transform`` of a modality see."""
         t = self.table if ids is None else self.table.loc[ids]
-        return t.drop(columns=[c for c in self.outcome_columns if c in t.columns])
+        hide = set(self.outcome_columns) | set(self.label_columns)
+        return t.drop(columns=[c for c in t.columns if c in hide])
 
 
 def load_cohort(cohort_cfg: Any, task_cfg: Any) -> Cohort:
@@ -127,4 +131,6 @@ def validate_cohort(df: pd.DataFrame, id_col: str, task_cfg: Any, source: str = 
             raise DataError(f"{source}: event column '{task_cfg.event}' has no event; a "
                             "survival task needs observed events")
         cols = (task_cfg.time, task_cfg.event)
-    return Cohort(table=df, task=task_cfg.kind, outcome_columns=cols, source=source)
+    labels = tuple(c for c in (task_cfg.outcome, task_cfg.time, task_cfg.event) if c in df.columns)
+    return Cohort(table=df, task=task_cfg.kind, outcome_columns=cols, source=source,
+                  label_columns=labels)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
 from lungfuse.core import io
 from lungfuse.core.cohort import Cohort, load_cohort
 from lungfuse.core.contracts import FusionPlugin, ModalityContext, ModalityPlugin
@@ -393,6 +394,7 @@ def train_fold(
     import lightning as L
     import pandas as pd
     import torch
+
     from lungfuse.core.calibration import apply_calibration, fit_calibration, sigmoid
     from lungfuse.core.train import FoldData, FusionDataModule, FusionModel, FusionTask, predict
 
@@ -437,6 +439,7 @@ def train_fold(
         "feature_columns": {m: list(prepared[m].features.columns) for m in names},
         "feature_keys": {m: prepared[m].key for m in names},
         "epochs": int(trainer.current_epoch), "fit_seconds": round(fit_s, 3),
+        "world_size": int(trainer.world_size),
         "best_val_loss": float(es.best_score) if es is not None else None,
         "checkpoint": str(Path(ckpt).relative_to(fold_dir)) if ckpt else None,
         "patients": {k: len(v) for k, v in ids.items()},
@@ -485,6 +488,7 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
     per availability pattern (with CIs), per fold (points). ``overall`` is the first
     seed's; with several seeds ``seed_mean`` averages the point estimates."""
     import numpy as np
+
     from lungfuse.core import metrics as M
 
     ev = cfg.evaluation
@@ -576,8 +580,9 @@ def run_experiment(
     """Run the whole pipeline; returns the run's result (None on non-zero ranks)."""
     import pandas as pd
     import yaml
-    from lungfuse.core.config import config_to_dict
     from tqdm.auto import tqdm
+
+    from lungfuse.core.config import config_to_dict
 
     started = time.time()
     cfg, reg = load_experiment(config, registry, plugins)
@@ -651,7 +656,7 @@ def run_experiment(
             "seconds": round(time.time() - started, 2), "plugins": _plugin_versions(cfg, reg),
             "folds": [{"seed": r.seed, "fold": r.fold, "epochs": r.meta["epochs"],
                        "fit_seconds": r.meta["fit_seconds"]} for r in results],
-            "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+            "world_size": max(int(r.meta["world_size"]) for r in results),
         })
         return RunResult(rdir, metrics, pred, results)
     finally:
@@ -689,6 +694,7 @@ class TrainedFold:
         """Raw output, probability/calibrated probability (binary) or risk (survival)."""
         import numpy as np
         import pandas as pd
+
         from lungfuse.core.calibration import apply_calibration, sigmoid
         from lungfuse.core.train import FoldData, predict
 
@@ -714,6 +720,7 @@ def load_fold_model(run_dir: Path, seed: int, fold: int, registry: Registry | No
     fitted state → encoders + head with the trained weights."""
     import torch
     import yaml
+
     from lungfuse.core.config import validate_config
     from lungfuse.core.train import FusionModel
 
@@ -737,7 +744,9 @@ def load_fold_model(run_dir: Path, seed: int, fold: int, registry: Registry | No
         insts[m] = cls(mcfg)
         insts[m].load_state_dict(states[m])
         encoders[m] = insts[m].build_encoder(int(meta["n_features"][m]))
-    model = FusionModel(encoders, fusion_plugin(cfg, reg).build(meta["embedding_dims"], 1))
+    # meta.json has sorted keys: the head's modality order is meta["modalities"]
+    dims = {m: int(meta["embedding_dims"][m]) for m in meta["modalities"]}
+    model = FusionModel(encoders, fusion_plugin(cfg, reg).build(dims, 1))
     ck = torch.load(fdir / "model.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(ck["state_dict"])
     return TrainedFold(seed, fold, model.eval(), insts, meta)

@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from lungfuse.core.contracts import FusionConfig, FusionPlugin
 from pydantic import Field, model_validator
+
+from lungfuse.core.contracts import FusionConfig, FusionPlugin
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
