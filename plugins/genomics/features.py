@@ -147,9 +147,12 @@ class MutationSource:
                          "%d not sequenced (missing)", len(by), n, len(with_calls),
                          len(by) - len(with_calls), n - len(by))
             else:
-                log.info("mutations: no sequenced-samples list; %d patients with calls, %d "
+                # a warning, not info: the missing/wild-type call is an assumption the user
+                # should see in the run log
+                log.warning("mutations: no sequenced-samples list; %d patients with calls, %d "
                          "absent from the MAF treated as %s (untested: %s)", len(by),
-                         n - len(by), "wild-type" if wildtype_extra else "missing",
+                         n - len(by),
+                         "wild-type" if self.cfg.untested == "wildtype" else "missing",
                          self.cfg.untested)
         return by, wildtype_extra
 
