@@ -141,6 +141,14 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path: Path) -> None:
     assert da["clinical.parquet"] != dc["clinical.parquet"]
     assert da["omics/expression.parquet"] != dc["omics/expression.parquet"]
     assert not {k for k in da if k.endswith(".raw")} & {k for k in dc if k.endswith(".raw")}
+    # switching CT off changes nothing else (a genomics-only cohort is the same cohort)
+    d = generate(tmp_path / "d", preset="tiny", seed=3, progress=False, patients=6,
+                 with_ct=False)
+    dd = _digest(d.out_dir)
+    assert dd["omics/expression.parquet"] == da["omics/expression.parquet"]
+    assert dd["omics/mutations.parquet"] == da["omics/mutations.parquet"]
+    ca = pq.read_table(a.clinical).drop(["seriesuid"])
+    assert ca.equals(pq.read_table(d.clinical).drop(["seriesuid"]))
 
 
 def test_long_layout_and_genomics_only(tmp_path: Path) -> None:

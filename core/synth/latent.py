@@ -187,14 +187,14 @@ def draw_cohort(cfg: SynthConfig) -> Cohort:
     order = rng.permutation(n)
     no_gen = np.zeros(n, bool)
     no_gen[order[: planned_count(n, cfg.no_genomics_fraction)]] = True
+    # no CT: prefer patients who keep genomics, so nobody is left with nothing (drawn
+    # even when CT is off, so `with_ct` changes nothing else in the cohort)
+    pool = np.concatenate([rng.permutation(np.flatnonzero(~no_gen)),
+                           rng.permutation(np.flatnonzero(no_gen))])
     has_ct = np.zeros(n, bool)
     if cfg.with_ct:
         has_ct[:] = True
-        k = planned_count(n, cfg.no_ct_fraction)
-        # prefer patients who keep genomics, so nobody is left with nothing
-        pool = np.concatenate([rng.permutation(np.flatnonzero(~no_gen)),
-                               rng.permutation(np.flatnonzero(no_gen))])
-        has_ct[pool[:k]] = False
+        has_ct[pool[: planned_count(n, cfg.no_ct_fraction)]] = False
     gen = np.flatnonzero(~no_gen)
     has_rna = ~no_gen
     has_dna = ~no_gen.copy()
@@ -209,8 +209,8 @@ def draw_cohort(cfg: SynthConfig) -> Cohort:
     nods: list[list[Nodule]] = []
     for i in range(n):
         r = rng_for(cfg.seed, "nodules", i)
-        g = draw_geometry(r, cfg) if has_ct[i] else None
-        geoms.append(g)
+        g = draw_geometry(r, cfg)  # drawn for everyone: CT on/off changes no other draw
+        geoms.append(g if has_ct[i] else None)
         nods.append(_draw_nodules(r, float(u_img[i]), max_diameter(g, cfg), cfg))
     z_img = _standardise(np.array([imaging_score(x) for x in nods]))
 
