@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from lungfuse.core.contracts import ModalityContext
 from lungfuse.core.errors import DataError
 from lungfuse.plugins.genomics.plugin import (
@@ -462,3 +463,34 @@ def test_config_validation(tmp_path: Path) -> None:
         "Missense_Mutation", "Nonsense_Mutation", "Nonstop_Mutation", "Splice_Site",
         "Frame_Shift_Del", "Frame_Shift_Ins"]
     assert len(MutationsConfig(path=path).non_silent_classes()) == 9
+
+
+@pytest.mark.parametrize("case", ["not_parquet", "negative"])
+def test_cli_run_bad_input_exits_2_with_one_line(tmp_path: Path, case: str, capsys) -> None:
+    from lungfuse.core.cli import main
+
+    clin = example_cohort(16).reset_index()
+    clin.to_parquet(tmp_path / "clinical.parquet", index=False)
+    ids = list(clin["patient_id"])
+    expr = tmp_path / "expr.parquet"
+    if case == "not_parquet":
+        expr.write_text("sample,G1\nTCGA-LF-0000-01A,3\n")
+    else:
+        df = expr_frame(n=6)
+        df["sample"] = [f"{p}-01A" for p in ids[:6]]
+        df.loc[2, "G1"] = -1.0
+        df.to_parquet(expr, index=False)
+    (tmp_path / "cfg.yaml").write_text(
+        "cohort: {clinical: clinical.parquet}\n"
+        "modalities: [{kind: expression, path: expr.parquet, panel: [G1, G2]}]\n"
+        "fusion: {kind: concat}\n"
+        "training: {max_epochs: 1}\n"
+        "evaluation: {folds: 2, bootstrap: 0}\n"
+        "output_dir: runs\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "cfg.yaml")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "expr.parquet" in err[0]
+    assert ("not a Parquet file" if case == "not_parquet" else "negative") in err[0]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from lungfuse.core.io import write_parquet, write_text
 
 GENES = ["EGFR", "KRAS", "TP53", "STK11", "KEAP1", "BRAF", "PIK3CA", "SMARCA4"]

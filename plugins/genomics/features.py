@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from lungfuse.core.errors import DataError
 from lungfuse.plugins.genomics import readers as R
 

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, field_validator, model_validator
+
 from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
 from lungfuse.schemas import InputPath
-from pydantic import Field, field_validator, model_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

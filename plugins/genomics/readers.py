@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from lungfuse.core.errors import DataError
 
 log = logging.getLogger("lungfuse.genomics")
