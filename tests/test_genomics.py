@@ -494,3 +494,19 @@ def test_cli_run_bad_input_exits_2_with_one_line(tmp_path: Path, case: str, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "expr.parquet" in err[0]
     assert ("not a Parquet file" if case == "not_parquet" else "negative") in err[0]
+
+
+def test_hotspot_codon_match_and_vaf_without_depth(tmp_path: Path) -> None:
+    rows = [maf_row(s(0), "KRAS", hgvsp="p.G12C", alt=5, depth=10),
+            maf_row(s(0), "EGFR", hgvsp="p.L858R", alt=3, depth=0),  # no usable depth
+            maf_row(s(1), "KRAS", hgvsp="p.G120A", alt=4, depth=8),  # codon 120, not 12
+            maf_row(s(1), "TP53", hgvsp=None, alt=1, depth=4)]
+    path, _ = write_maf(tmp_path, rows)
+    m = MutationsModality(MutationsConfig(path=path, panel=["KRAS", "EGFR", "TP53"],
+                                          vaf_weighting=True, tmb=False,
+                                          hotspots=["KRAS G12", "KRAS G12C", "EGFR L858R"]))
+    c = ctx(tmp_path)
+    m.prepare(cohort(), c)
+    f = m.transform(cohort(), c)
+    assert f.loc[P[0]].tolist() == pytest.approx([0.5, 1.0, 0.0, 0.5, 0.5, 1.0])
+    assert f.loc[P[1]].tolist() == pytest.approx([0.5, 0.0, 0.25, 0.0, 0.0, 0.0])
