@@ -92,7 +92,8 @@ def segment() -> None:
               help="Lightning checkpoint (out_dir/lightning/last.ckpt) to resume from.")
 @click.option("--no-progress", is_flag=True)
 def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress: bool) -> None:
-    """Train Inf-Net on the scans of CONFIG (supervised); writes out_dir/infnet.pt."""
+    """Train Inf-Net on the scans of CONFIG (supervised, or `mode: semi`); writes
+    out_dir/infnet.pt."""
     import numpy as np
 
     from .dataset import build_pool
@@ -106,6 +107,16 @@ def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress
     cases = _cases(cfg, _selected(cfg), not no_progress)
     if not cases:
         raise DataError(f"{config}: no readable scan to train on")
+    if cfg.mode == "semi":  # pseudo-label rounds (see semi.py)
+        from .semi import train_semi
+
+        ckpt, st = train_semi(cfg, cases, progress=not no_progress)
+        h = st.history[-1] if st.history else None
+        click.echo(f"semi-supervised ({cfg.semi.method}): {st.n_rounds} round(s), "
+                   f"{len(st.labelled)} labelled + {len(st.candidates)} unlabelled slices; "
+                   f"val Dice after rounds {h.val_dice if h else float('nan'):.4f}, final "
+                   f"{st.final_val_dice:.4f}; checkpoint: {ckpt}")
+        return
     rng = np.random.default_rng(cfg.train.seed)
     order = rng.permutation(len(cases))
     n_val = int(round(cfg.train.val_fraction * len(cases))) if len(cases) > 1 else 0

@@ -8,6 +8,8 @@ from typing import Literal
 from lungfuse.schemas import InputPath, OutputPath
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .semi_config import SemiSettings
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -83,3 +85,6 @@ class SegmentConfig(_Section):
     fast: FastPath = Field(default_factory=FastPath)
     threshold: float = Field(default=0.5, gt=0, lt=1)
     overlays: bool = True
+    mode: Literal["supervised", "semi"] = Field(
+        default="supervised", description="train: supervised, or semi-supervised (see `semi`).")
+    semi: SemiSettings = Field(default_factory=SemiSettings)
