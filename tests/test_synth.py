@@ -225,3 +225,22 @@ def test_modalities_each_carry_signal(tmp_path: Path) -> None:
     aucs = {k: roc_auc_score(t.malignant, t[k]) for k in ("z_img", "z_mut", "z_expr")}
     assert all(0.62 < a < 0.9 for a in aucs.values()), aucs
     assert roc_auc_score(t.malignant, t.risk) == 1.0  # labels are the top risks
+
+
+def test_crash_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    from lungfuse.core.synth import omics
+
+    def boom(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(omics, "write_expression", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(tmp_path / "out", preset="tiny", patients=4, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    # an existing empty folder is kept as it was
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError):
+        generate(tmp_path / "empty", preset="tiny", patients=4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert not any((tmp_path / "empty").iterdir())
