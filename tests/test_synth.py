@@ -163,6 +163,12 @@ def test_long_layout_and_genomics_only(tmp_path: Path) -> None:
     assert clin.seriesuid.isna().all()
     assert clin.malignant.sum() == 20
     assert 40 - n_samples == planned_count(40, 0.3) == 12
+    # the long layout holds exactly the values of the wide one
+    wide = generate(tmp_path / "w", preset="tiny", patients=40, seed=1, with_ct=False,
+                    progress=False)
+    w = pq.read_table(wide.expression).to_pandas().set_index("sample")
+    lg = t.to_pandas().pivot(index="sample", columns="gene", values="value")
+    assert np.array_equal(lg.loc[w.index, w.columns].to_numpy(), w.to_numpy())
 
 
 def test_class_mix_and_missingness_follow_the_knobs(tmp_path: Path) -> None:

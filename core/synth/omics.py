@@ -274,16 +274,22 @@ def write_expression(cfg: SynthConfig, cohort: Cohort, genes: list[str],
             np.maximum(vals, 0.0, out=vals)
             samples = [sample_name(s) for s in range(start, stop)]
             if cfg.long:
-                tbl = pa.table({
-                    "sample": pa.array(np.repeat(samples, n_genes), pa.string()),
-                    "gene": pa.concat_arrays([gene_arr] * m) if m else gene_arr[:0],
-                    "value": pa.array(vals.reshape(-1), pa.float32()),
-                }, schema=schema)
+                # sub-blocks of about a million rows keep the string columns small
+                step = max(1, 1_000_000 // n_genes)
+                for a in range(0, m, step):
+                    b = min(m, a + step)
+                    idx = pa.array(np.repeat(np.arange(b - a, dtype=np.int32), n_genes))
+                    col = pa.DictionaryArray.from_arrays(idx, pa.array(samples[a:b], pa.string()))
+                    writer.write_table(pa.table({
+                        "sample": col.dictionary_decode(),
+                        "gene": pa.concat_arrays([gene_arr] * (b - a)),
+                        "value": pa.array(vals[a:b].reshape(-1), pa.float32()),
+                    }, schema=schema))
             else:
                 arrays = [pa.array(samples, pa.string())]
                 arrays += [pa.array(vals[:, g]) for g in range(n_genes)]
                 tbl = pa.Table.from_arrays(arrays, schema=schema)
-            writer.write_table(tbl, row_group_size=cfg.chunk_rows)
+                writer.write_table(tbl, row_group_size=cfg.chunk_rows)
             if tick is not None:
                 tick(m)
     return n_rows
