@@ -45,8 +45,9 @@ def _timeit(fn, n: int, warmup: int) -> float:
 
 def phase_eager(quick: bool) -> dict:
     import torch
-    from lungfuse.plugins.imaging_infnet.network import InfNet
     from torch.utils.flop_counter import FlopCounterMode
+
+    from lungfuse.plugins.imaging_infnet.network import InfNet
 
     torch.manual_seed(0)
     m = InfNet("res2net50d").eval()
@@ -63,6 +64,7 @@ def phase_eager(quick: bool) -> dict:
 
 def phase_fast(quick: bool) -> dict:
     import torch
+
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
     from lungfuse.plugins.imaging_infnet.infer import Predictor
     from lungfuse.plugins.imaging_infnet.network import InfNet
@@ -92,6 +94,7 @@ def phase_fast(quick: bool) -> dict:
 
 def phase_train(quick: bool) -> dict:
     import torch
+
     from lungfuse.plugins.imaging_infnet.losses import infnet_loss
     from lungfuse.plugins.imaging_infnet.network import InfNet
 
@@ -119,6 +122,7 @@ def phase_dice(quick: bool) -> dict:
 
     import numpy as np
     import torch
+
     from lungfuse.plugins.imaging_infnet import ctio, synthetic
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings, TrainSettings
     from lungfuse.plugins.imaging_infnet.dataset import build_pool

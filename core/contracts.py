@@ -97,6 +97,9 @@ class ModalityPlugin(ABC):
     api_version: ClassVar[int] = PLUGIN_API_VERSION
     config_model: ClassVar[type[ModalityConfig]]
     description: ClassVar[str] = ""
+    #: What a feature column names: ``"gene"`` for genomic plugins (scoring lists their
+    #: top-attributed features as the patient's top genes), ``"feature"`` otherwise.
+    feature_kind: ClassVar[str] = "feature"
 
     def __init__(self, config: ModalityConfig) -> None:
         self.config = config
@@ -136,6 +139,17 @@ class ModalityPlugin(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027
         """Restore what ``state_dict`` returned. Default: nothing."""
+
+    def scoring_config(self, patient: Mapping[str, Any], workdir: Path) -> ModalityConfig | None:
+        """The config with which to transform one new patient at scoring time.
+
+        ``patient`` is the patient's entry of the scoring input (``id`` and, where given,
+        ``ct``: a volume path, ``nodule``: ``{x, y, z, diameter_mm}`` in world mm). Return
+        None (the default) to read the patient from the configured data sources; a plugin
+        whose data come per patient (a CT scan) returns a config pointing at them.
+        ``workdir`` is a scratch folder for files the config needs.
+        """
+        return None
 
     @classmethod
     def example(cls, workdir: Path, patient_ids: list[str]) -> ModalityConfig:

@@ -54,6 +54,10 @@ def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float 
     if len(np.unique(y)) < 2:
         return math.nan
     fpr, tpr, _ = roc_curve(y, p)
+    return _sens_from_curve(fpr, tpr, specificity)
+
+
+def _sens_from_curve(fpr: np.ndarray, tpr: np.ndarray, specificity: float) -> float:
     ok = fpr <= 1 - specificity + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
@@ -67,19 +71,30 @@ def calibration_curve_points(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> 
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, specificity: float = 0.9) -> dict[str, float]:
-    """Point estimates; rank metrics are NaN where only one class is present."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+    r"""Point estimates; rank metrics are NaN where only one class is present.
+
+    One ROC curve (scikit-learn ``roc_curve``) gives both the AUROC (trapezoidal ``auc``,
+    identical to ``roc_auc_score``) and the sensitivity at ``specificity``; AUPRC is
+    ``average_precision_score``; the Brier score is :math:`\frac1n\sum_i (p_i-y_i)^2`
+    (``brier_score_loss``). Bootstraps call this thousands of times, so each curve is
+    computed once and input validation is skipped (the inputs are checked once here).
+    """
+    import sklearn
+    from sklearn.metrics import auc, average_precision_score, roc_curve
 
     y = np.asarray(y).astype(int)
     p = np.clip(np.asarray(p, float), 0.0, 1.0)
     two = len(np.unique(y)) == 2
-    return {
-        "auroc": float(roc_auc_score(y, p)) if two else math.nan,
-        "auprc": float(average_precision_score(y, p)) if two else math.nan,
-        "brier": float(brier_score_loss(y, p, labels=[0, 1])) if len(y) else math.nan,
-        "ece": expected_calibration_error(y, p),
-        "sensitivity_at_specificity": sensitivity_at_specificity(y, p, specificity),
-    }
+    out = {"auroc": math.nan, "auprc": math.nan,
+           "brier": float(np.mean((p - y) ** 2)) if len(y) else math.nan,
+           "ece": expected_calibration_error(y, p), "sensitivity_at_specificity": math.nan}
+    if two:
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            fpr, tpr, _ = roc_curve(y, p)
+            out["auroc"] = float(auc(fpr, tpr))
+            out["sensitivity_at_specificity"] = _sens_from_curve(fpr, tpr, specificity)
+            out["auprc"] = float(average_precision_score(y, p))
+    return out
 
 
 def _surv(time: np.ndarray, event: np.ndarray) -> np.ndarray:

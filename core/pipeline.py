@@ -204,6 +204,23 @@ def _quiet_lightning(verbose: bool = False) -> Iterator[None]:
             lg.setLevel(old)
 
 
+@contextlib.contextmanager
+def _torch_threads(trainer_cfg: Any) -> Iterator[None]:
+    """Limit torch's intra-op threads on CPU (``trainer.cpu_threads``), then restore."""
+    import torch
+
+    n = getattr(trainer_cfg, "cpu_threads", None)
+    on_cpu = str(trainer_cfg.accelerator).lower() == "cpu"
+    old = torch.get_num_threads()
+    if n and on_cpu:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n and on_cpu:
+            torch.set_num_threads(old)
+
+
 # ----------------------------------------------------------------------------- cohort
 def check_coverage(mods: Mapping[str, tuple[type[ModalityPlugin], Any]], cohort: Cohort,
                    workdir: Path) -> dict[str, set[str]]:
@@ -419,7 +436,7 @@ def train_fold(
     task = FusionTask(model, cfg.task.kind, cfg.training.lr, cfg.training.weight_decay)
     dm = FusionDataModule(train, val, cfg.training.batch_size, seed=cfg.seed + fold)
     t0 = time.perf_counter()
-    with _quiet_lightning():
+    with _quiet_lightning(), _torch_threads(cfg.trainer):
         trainer = make_trainer(cfg, fold_dir, progress)
         trainer.fit(task, datamodule=dm)
     fit_s = time.perf_counter() - t0

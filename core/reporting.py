@@ -140,7 +140,8 @@ def ct_example(state: Mapping[str, Any], mcfg: Mapping[str, Any], uid: str,
         return None
     path = ct_path
     if path is None:
-        vols = ctio.find_volumes(mcfg["ct_root"])
+        vols = ctio.find_volumes(mcfg["ct_root"]) if mcfg.get("ct_root") else {}
+        vols.update({str(k): Path(v) for k, v in (mcfg.get("volumes") or {}).items()})
         path = vols.get(uid)
     if path is None:
         return None

@@ -94,6 +94,12 @@ class TrainerConfig(Section):
     strategy: str = Field(default="auto", description="auto, ddp, ddp_spawn, fsdp ...")
     precision: str | int = Field(default="32-true", description="32-true, 16-mixed, bf16-mixed ...")
     deterministic: bool | str = True
+    cpu_threads: int | None = Field(
+        default=1, ge=1,
+        description="torch intra-op threads for fusion training/prediction on CPU (small "
+        "fusion models run fastest single-threaded, and a shared machine stays responsive); "
+        "null keeps torch's default.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Any other lightning.Trainer keyword arguments."
     )
@@ -141,6 +147,51 @@ class ExperimentConfigBase(Section):
         return self
 
 
+class NoduleLocation(Section):
+    """Where a nodule is, in world millimetres (the scan's physical coordinates, as LUNA16's
+    ``annotations.csv`` gives them)."""
+
+    x: float
+    y: float
+    z: float
+    diameter_mm: float = Field(gt=0, le=100, description="Nodule diameter (mm).")
+
+
+class ScorePatient(Section):
+    """One patient to score."""
+
+    id: str = Field(min_length=1, description="Patient id (as the omics tables name it).")
+    ct: InputPath | None = Field(
+        default=None, description="CT volume: .mhd, NIfTI, NRRD file or a DICOM series folder.")
+    nodule: NoduleLocation | None = Field(
+        default=None, description="Known nodule location; without it the whole scan is searched.")
+
+
+class ScoreInput(Section):
+    """What ``lungfuse score`` reads: the patients, and where their data are.
+
+    ``modalities`` overrides data settings of the run's modalities for the new patients,
+    e.g. ``{mutations: {path: new_calls.parquet}}``; a modality whose data cannot be read
+    for a patient is scored as missing, and the patient's page says so.
+    """
+
+    patients: list[ScorePatient] = Field(min_length=1)
+    clinical: InputPath | None = Field(
+        default=None, description="Optional Parquet table of the patients' covariates (and "
+        "CT series ids); outcome columns, if any, are ignored.")
+    patient_id: str = Field(default="patient_id", description="Id column of `clinical`.")
+    modalities: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per modality name: settings to override.")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ScoreInput:
+        ids = [p.id for p in self.patients]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"patient id(s) {', '.join(dup)} listed twice")
+        return self
+
+
 def experiment_model(
     modality_configs: dict[str, type[ModalityConfig]],
     fusion_configs: dict[str, type[FusionConfig]],
@@ -175,7 +226,10 @@ __all__ = [
     "FusionConfig",
     "InputPath",
     "ModalityConfig",
+    "NoduleLocation",
     "OutputPath",
+    "ScoreInput",
+    "ScorePatient",
     "TaskConfig",
     "TrainerConfig",
     "TrainingConfig",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from lungfuse.core.config import load_config
 from lungfuse.core.errors import ConfigError
 from lungfuse.schemas import EXAMPLES_DIR
@@ -110,8 +111,9 @@ def test_committed_json_schema_is_up_to_date():
 
 
 def test_config_using_a_broken_plugin_names_it_and_its_distribution(tmp_path, base_cfg, monkeypatch):
-    from lungfuse.core.registry import MODALITY_GROUP, default_registry
     from plugin_fixtures import make_dist
+
+    from lungfuse.core.registry import MODALITY_GROUP, default_registry
 
     site = tmp_path / "site"
     make_dist(site, "omics-extra", "0.2", MODALITY_GROUP, {"lfx_meth": "lfx_meth:Plugin"},

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from lungfuse.core.registry import MODALITY_GROUP, Registry
 from lungfuse.testing import check_fusion_plugin, check_modality_plugin
 
@@ -59,6 +60,7 @@ def test_conformance_check_catches_zero_rows_for_absent_patients(tmp_path):
 
 def test_fusion_check_catches_a_head_that_reads_absent_embeddings():
     import torch
+
     from lungfuse.core.contracts import FusionPlugin
     from lungfuse.plugins.fusion.plugin import ConcatFusion
 

@@ -7,9 +7,10 @@ import sys
 import warnings
 
 import pytest
+from plugin_fixtures import good_fusion_module, make_dist
+
 from lungfuse.core.errors import PluginError
 from lungfuse.core.registry import FUSION_GROUP, MODALITY_GROUP, PluginWarning, Registry
-from plugin_fixtures import good_fusion_module, make_dist
 
 
 @pytest.fixture

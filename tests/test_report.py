@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import chromium, render_counts
+
 from lungfuse.core import report as R
 
 

@@ -248,6 +248,8 @@ def _ids(frame: pd.DataFrame) -> list[str]:
 
 
 class _GenomicsModality(ModalityPlugin):
+    feature_kind = "gene"  # feature columns are genes (hotspots, TMB, gene sets too)
+
     config: Any
 
     def __init__(self, config: ModalityConfig) -> None:

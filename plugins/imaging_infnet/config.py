@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lungfuse.schemas import InputPath, OutputPath
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lungfuse.schemas import InputPath, OutputPath
 
 from .semi_config import SemiSettings
 
@@ -78,8 +79,9 @@ class SegmentConfig(_Section):
     clinical: InputPath | None = Field(
         default=None, description="Cohort table (patient_id, seriesuid) for patient ids.")
     out_dir: OutputPath = Field(default=Path("segment_out"))
-    checkpoint: Path | None = Field(default=None, description="Model for predict/evaluate.")
-    resume: Path | None = Field(default=None, description="Lightning checkpoint to resume.")
+    checkpoint: OutputPath | None = Field(default=None, description="Model for predict/evaluate "
+                                          "(relative to the config file).")
+    resume: OutputPath | None = Field(default=None, description="Lightning checkpoint to resume.")
     slices: SliceSettings = Field(default_factory=SliceSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     fast: FastPath = Field(default_factory=FastPath)

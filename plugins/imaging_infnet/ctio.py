@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lungfuse.core.errors import DataError
 
 log = logging.getLogger("lungfuse.imaging")

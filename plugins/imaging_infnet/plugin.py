@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, model_validator
+
 from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
 from lungfuse.core.errors import DataError
 from lungfuse.schemas import InputPath
-from pydantic import Field
 
 from .config import FastPath, SliceSettings, TrainSettings
 
@@ -31,8 +32,12 @@ class InfNetConfig(ModalityConfig):
     """Settings of the Inf-Net CT modality."""
 
     kind: Literal["infnet"] = "infnet"
-    ct_root: InputPath = Field(description="CT root: LUNA16 tree (subset*/<uid>.mhd), NIfTI/NRRD "
-                               "files or DICOM folders named by series uid.")
+    ct_root: InputPath | None = Field(
+        default=None, description="CT root: LUNA16 tree (subset*/<uid>.mhd), NIfTI/NRRD files "
+        "or DICOM folders named by series uid.")
+    volumes: dict[str, InputPath] | None = Field(
+        default=None, description="Explicit series uid -> volume (file or DICOM folder), "
+        "added to what ct_root holds.")
     annotations: InputPath | None = Field(default=None, description="LUNA16 annotations.csv.")
     masks_dir: InputPath | None = Field(default=None, description="Ground-truth masks <uid>.mhd "
                                         "(used for training where present).")
@@ -40,8 +45,9 @@ class InfNetConfig(ModalityConfig):
                                          "(seriesuid, coordX, coordY, coordZ[, diameter_mm]).")
     candidate_source: Literal["annotations", "candidates", "sweep"] = Field(
         default="annotations", description="Where nodules come from at feature time.")
-    series_column: str = Field(default="seriesuid", description="Cohort column linking CT; "
-                               "without it the patient id is the series uid.")
+    series_column: str | None = Field(
+        default="seriesuid", description="Cohort column linking CT; where the cohort has no "
+        "such column (or null) the patient id is the series uid.")
     checkpoint: InputPath | None = Field(default=None, description="Segmentation checkpoint "
                                          "(lungfuse .pt/.ckpt or the authors' .pth); without "
                                          "it prepare() trains one on the training patients.")
@@ -52,6 +58,12 @@ class InfNetConfig(ModalityConfig):
     candidate_diameter_mm: float = Field(default=10.0, gt=0,
                                          description="Search size where a candidate has none.")
     hidden_dim: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _some_ct(self) -> InfNetConfig:
+        if self.ct_root is None and not self.volumes:
+            raise ValueError("infnet needs `ct_root` (a CT folder) or `volumes` (uid: file)")
+        return self
 
 
 class InfNetModality(ModalityPlugin):
@@ -72,7 +84,7 @@ class InfNetModality(ModalityPlugin):
     def _series(self, cohort) -> dict[str, str]:
         """patient_id -> series uid (non-null only)."""
         col = self.config.series_column
-        if col in cohort.columns:
+        if col is not None and col in cohort.columns:
             s = cohort[col]
             return {str(p): str(u) for p, u in s.items() if u is not None and u == u and str(u)}
         return {str(p): str(p) for p in cohort.index}
@@ -80,7 +92,9 @@ class InfNetModality(ModalityPlugin):
     def _volumes(self) -> dict[str, Path]:
         from .ctio import find_volumes
 
-        return find_volumes(self.config.ct_root)
+        vols = find_volumes(self.config.ct_root) if self.config.ct_root is not None else {}
+        vols.update({str(k): Path(v) for k, v in (self.config.volumes or {}).items()})
+        return vols
 
     def _annotations(self):
         from .ctio import read_annotations
@@ -217,6 +231,29 @@ class InfNetModality(ModalityPlugin):
         df = df.replace([np.inf, -np.inf], 0.0).fillna(0.0)
         df.index.name = "patient_id"
         return df.sort_index()
+
+    def scoring_config(self, patient, workdir: Path) -> InfNetConfig | None:
+        """A new patient's own scan: the volume under the patient id, the nodule given (or
+        a sweep of the whole scan when no location is known)."""
+        ct = patient.get("ct")
+        if ct is None:
+            return None  # read through ct_root and the cohort's series column, as configured
+        pid = str(patient["id"])
+        update: dict[str, Any] = {"volumes": {pid: Path(ct)}, "series_column": None,
+                                  "candidate_source": "sweep"}
+        nod = patient.get("nodule")
+        if nod:
+            import pandas as pd
+
+            from lungfuse.core import io
+
+            path = Path(workdir) / f"{pid}-nodule.csv"
+            with io.atomic_path(path) as tmp:
+                pd.DataFrame([{"seriesuid": pid, "coordX": nod["x"], "coordY": nod["y"],
+                               "coordZ": nod["z"], "diameter_mm": nod["diameter_mm"]}]
+                             ).to_csv(tmp, index=False)
+            update.update(annotations=path, candidate_source="annotations")
+        return self.config.model_copy(update=update)
 
     def build_encoder(self, n_features: int):
         import torch.nn as nn
