@@ -178,3 +178,33 @@ def test_segment_train_predict_evaluate_and_import(tmp_path: Path,
     code, out, err = _lungfuse(["infnet", "import", str(tmp_path / "other.pth"),
                                 str(tmp_path / "imp.pt")], capsys)
     assert code == 2 and "missing" in err and not (tmp_path / "imp.pt").exists()
+
+
+def test_scoring_config_reads_a_new_patients_own_scan(cohort_dir: Path, tmp_path: Path) -> None:
+    """A new patient's scan given by path (with its nodule location) gives the same features
+    as the same scan found through ct_root and the annotations."""
+    cohort = _cohort(cohort_dir)
+    plug = InfNetModality(_cfg(cohort_dir))
+    ctx = ModalityContext(workdir=tmp_path, progress=False)
+    plug.prepare(cohort.loc[["P0", "P1"]], ctx)
+    ann = ctio.read_annotations(cohort_dir / "ct" / "annotations.csv")
+    counts = ann.groupby("seriesuid").size()
+    uid = next(u for u in ("1.3.2", "1.3.3", "1.3.4") if counts.get(u, 0) == 1)
+    pid = f"P{uid.rsplit('.', 1)[1]}"
+    row = ann[ann.seriesuid == uid].iloc[0]
+    path = ctio.find_volumes(cohort_dir / "ct")[uid]
+    entry = {"id": "NEW-1", "ct": path, "nodule": {"x": row.coordX, "y": row.coordY,
+                                                   "z": row.coordZ,
+                                                   "diameter_mm": row.diameter_mm}}
+    assert plug.scoring_config({"id": "NEW-1"}, tmp_path) is None  # no scan: as configured
+    cfg = plug.scoring_config(entry, tmp_path / "scratch")
+    assert cfg.volumes == {"NEW-1": path} and cfg.candidate_source == "annotations"
+    new = InfNetModality(cfg)
+    new.load_state_dict(plug.state_dict())
+    got = new.transform(pd.DataFrame(index=pd.Index(["NEW-1"], name="patient_id")), ctx)
+    want = plug.transform(cohort.loc[[pid]], ctx)
+    assert list(got.index) == ["NEW-1"]
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-5)
+    # without a location the whole scan is swept
+    swept = plug.scoring_config({"id": "NEW-2", "ct": path}, tmp_path / "scratch")
+    assert swept.candidate_source == "sweep" and swept.annotations == plug.config.annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,10 +77,18 @@ def quantitative(vol: Volume, mask: np.ndarray, box: tuple[slice, slice, slice],
         sphericity = float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area) if area > 0 else 0.0
     except (ValueError, RuntimeError):
         sphericity = 0.0
-    try:
-        solidity = float(regionprops(m.astype(np.uint8))[0].solidity)
-    except Exception:  # noqa: BLE001 - qhull fails on flat/degenerate regions
-        solidity = 1.0
+    # a region one voxel thick along any axis has no 3D convex hull (qhull refuses it)
+    flat = any(int(np.ptp(ax)) == 0 for ax in np.nonzero(m))
+    solidity = 1.0
+    if not flat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # qhull's report on other degenerate regions
+            try:
+                solidity = float(regionprops(m.astype(np.uint8))[0].solidity)
+            except Exception:  # noqa: BLE001 - qhull fails on degenerate regions
+                solidity = 1.0
+        if not math.isfinite(solidity) or solidity <= 0:
+            solidity = 1.0
     out.update({
         "long_axis_mm": long_ax, "short_axis_mm": short_ax, "volume_mm3": volume,
         "mean_hu": float(vals.mean()), "std_hu": float(vals.std()),
