@@ -1,0 +1,325 @@
+"""Semi-supervised Inf-Net: progressive rounds, leakage rules, resume, confidence filter, CLI.
+
+Tiny on purpose: ``test_resnet`` backbone, 64-px slices, 6 synthetic scans, 1 epoch a fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lungfuse.core.errors import ConfigError, DataError  # noqa: E402
+from lungfuse.plugins.imaging_infnet import ctio, synthetic  # noqa: E402
+from lungfuse.plugins.imaging_infnet import semi as semi_mod  # noqa: E402
+from lungfuse.plugins.imaging_infnet.config import SliceSettings, TrainSettings  # noqa: E402
+from lungfuse.plugins.imaging_infnet.dataset import (  # noqa: E402
+    SliceDataset,
+    SliceItem,
+    SlicePool,
+    build_pool,
+)
+from lungfuse.plugins.imaging_infnet.losses import infnet_loss  # noqa: E402
+from lungfuse.plugins.imaging_infnet.network import InfNet  # noqa: E402
+from lungfuse.plugins.imaging_infnet.semi import (  # noqa: E402
+    Candidate,
+    EMATeacher,
+    SemiTrainer,
+    candidates_from_cases,
+    check_no_test_patients,
+)
+from lungfuse.plugins.imaging_infnet.semi_config import SemiSettings  # noqa: E402
+from lungfuse.plugins.imaging_infnet.train import fit, load_checkpoint  # noqa: E402
+
+SLICES = SliceSettings(img_size=64)
+TRAIN = TrainSettings(backbone="test_resnet", channel=8, epochs=1, batch_size=8, lr=1e-3,
+                      multiscale=[1.0], val_fraction=0.0)
+SEMI = SemiSettings(method="progressive", k_per_round=3, epochs_per_round=1, final_epochs=1,
+                    batch_size=8)
+N_SCANS = 6
+# scans 0-1 labelled, 2-3 unlabelled (10 of their every-other slices), 4 a test patient,
+# 5 validation
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("semi_ct")
+    synthetic.write_tree(root, [f"u{i}" for i in range(N_SCANS)], seed=5, size=64, depth=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cases(tree: Path) -> list[ctio.Case]:
+    vols = ctio.find_volumes(tree)
+    ann = ctio.read_annotations(tree / "annotations.csv")
+    return ctio.load_cases(sorted(vols.items()), ann, tree / "masks",
+                           patients={f"u{i}": f"P{i}" for i in range(N_SCANS)})
+
+
+def keys(pool: list[SliceItem]) -> list[str]:
+    return [f"{it.source}:{it.uid}:{it.z}" for it in pool]
+
+
+class FitRecorder:
+    """Wraps a fit function: records the pool of every call, can crash at call ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None, inner: Any = fit) -> None:
+        self.pools: list[list[str]] = []
+        self.fail_at, self.inner = fail_at, inner
+
+    def __call__(self, pool: SlicePool, *args: Any, **kw: Any) -> Any:
+        self.pools.append(keys(pool))
+        if self.fail_at is not None and len(self.pools) == self.fail_at:
+            raise RuntimeError("simulated crash during training")
+        return self.inner(pool, *args, **kw)
+
+
+def unlabelled(cases: list[ctio.Case]) -> list[Candidate]:
+    return candidates_from_cases(cases[2:4], SLICES, stride=2)[:10]
+
+
+def make_trainer(cases: list[ctio.Case], state_dir: Path, **kw: Any) -> SemiTrainer:
+    labelled = kw.pop("labelled", None) or build_pool(cases[:2], SLICES, 0.5, seed=0)
+    cands = kw.pop("candidates", None) or unlabelled(cases)
+    val = build_pool(cases[5:], SLICES, 0.5, seed=0)
+    return SemiTrainer(labelled, cands, val, SLICES, kw.pop("train", TRAIN),
+                       kw.pop("semi", SEMI), state_dir, ["P0", "P1", "P5"],
+                       test_patients=kw.pop("test_patients", {"P4"}), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(cases: list[ctio.Case], tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[SemiTrainer, FitRecorder]:
+    """One uninterrupted progressive run (real training)."""
+    rec = FitRecorder()
+    tr = make_trainer(cases, tmp_path_factory.mktemp("semi_ref") / "state", fit_fn=rec)
+    tr.run()
+    return tr, rec
+
+
+# ----------------------------------------------------------------------------- progressive
+def test_progressive_rounds_add_k_slices_in_seeded_order(
+        cases: list[ctio.Case], reference: tuple[SemiTrainer, FitRecorder]) -> None:
+    tr, rec = reference
+    k = SEMI.k_per_round
+    cand_keys = {c.key for c in unlabelled(cases)}
+    assert len(cand_keys) == 10 and sorted(tr.order) == sorted(cand_keys)
+    assert tr.n_rounds == 4
+    assert [h.added for h in tr.history] == [0, 3, 3, 3, 1]  # the last round takes the rest
+    lab = keys(tr.labelled)
+    # fits: round 0 on L, round r on L + the first r*K of the order, final on L alone
+    assert len(rec.pools) == tr.n_rounds + 2
+    assert rec.pools[0] == lab and rec.pools[-1] == lab
+    for r in range(1, tr.n_rounds + 1):
+        pool = rec.pools[r]
+        assert pool[:len(lab)] == lab
+        assert pool[len(lab):] == [f"pseudo:{q}" for q in tr.order[:min(r * k, len(tr.order))]]
+        assert tr.history[r].pool_size == len(pool)
+    assert keys(tr.pool) == rec.pools[tr.n_rounds]
+    assert [it.meta["round"] for it in tr.pool if it.source == "pseudo"] == \
+        [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+    # pseudo masks are hard 0/1 labels; the round file holds exactly that round's slices
+    masks = torch.stack([it.mask for it in tr.pool if it.source == "pseudo"]).float()
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    r2 = torch.load(tr.state_dir / "round_002.pt", weights_only=False)
+    assert r2["keys"] == tr.order[3:6]
+    # only the last round's model is kept
+    assert sorted(p.name for p in tr.state_dir.glob("model_*.pt")) == ["model_004.pt"]
+    # the order is seeded: same seed same order, another seed another order
+    same = make_trainer(cases, tr.state_dir.parent / "other")
+    other = make_trainer(cases, tr.state_dir.parent / "other",
+                         train=TRAIN.model_copy(update={"seed": 1}))
+    assert same.order == tr.order and other.order != tr.order
+
+
+# ----------------------------------------------------------------------------- leakage
+def test_candidates_of_test_patients_are_refused(cases: list[ctio.Case], tmp_path: Path) -> None:
+    with_test = candidates_from_cases(cases[2:5], SLICES, stride=3)  # scan 4 is P4's
+    assert "P4" in {c.patient for c in with_test}
+    check_no_test_patients(with_test, {"P9"})  # nobody to refuse
+    with pytest.raises(DataError, match=r"test patient.*P4.*training patients only"):
+        check_no_test_patients(with_test, {"P4"})
+    with pytest.raises(DataError, match="P4"):
+        make_trainer(cases, tmp_path / "s1", candidates=with_test)
+    with pytest.raises(DataError, match="labelled pool: test patient P0"):
+        make_trainer(cases, tmp_path / "s2", test_patients={"P0"})
+    # checked again before every round (a test set that grows after the pool was built)
+    net = InfNet("test_resnet", channel=8)
+    fake = FitRecorder(inner=lambda *a, **k: (SimpleNamespace(model=net), None))
+    tr = make_trainer(cases, tmp_path / "s3", fit_fn=fake,
+                      on_round=lambda r: tr.test_patients.add("P2") if r == 1 else None)
+    with pytest.raises(DataError, match="round 1: .*P2"):
+        tr.run()
+    assert len(fake.pools) == 1  # only round 0 trained
+    assert not (tmp_path / "s3" / "round_001.pt").exists()
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_continues_the_interrupted_round(
+        cases: list[ctio.Case], reference: tuple[SemiTrainer, FitRecorder],
+        tmp_path: Path) -> None:
+    ref, ref_rec = reference
+    state = tmp_path / "state"
+    crash = FitRecorder(fail_at=4)  # fits: rounds 0, 1, 2, then dies inside round 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        make_trainer(cases, state, fit_fn=crash).run()
+    assert (state / "round_002.pt").exists() and not (state / "round_003.pt").exists()
+    stamps = [(state / f"round_{r:03d}.pt").stat().st_mtime_ns for r in range(3)]
+
+    rec, seen = FitRecorder(), []
+    tr = make_trainer(cases, state, fit_fn=rec, on_round=seen.append)
+    model = tr.run()
+    assert seen == [3, 4, 5]  # rounds 3 and 4, then the final fine-tune (n_rounds + 1)
+    assert len(rec.pools) == 3  # rounds 0-2 not trained again
+    assert rec.pools[0] == ref_rec.pools[3]  # L + the pseudo slices of rounds 1-3
+    assert [(state / f"round_{r:03d}.pt").stat().st_mtime_ns for r in range(3)] == stamps
+    assert [h.round for h in tr.history] == [0, 1, 2, 3, 4]
+    assert [h.added for h in tr.history] == [h.added for h in ref.history]
+    assert keys(tr.pool) == keys(ref.pool)
+
+    # a finished state: nothing is trained, the final model is read back
+    again = FitRecorder()
+    m2 = make_trainer(cases, state, fit_fn=again).run()
+    assert again.pools == []
+    for k, v in m2.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+    # a state written by another configuration or other data is refused
+    with pytest.raises(ConfigError, match="different semi-supervised configuration"):
+        make_trainer(cases, state, semi=SEMI.model_copy(update={"k_per_round": 2})).run()
+    with pytest.raises(ConfigError, match="different"):
+        make_trainer(cases, state, labelled=build_pool(cases[:1], SLICES, 0.5, seed=0)).run()
+
+
+# ----------------------------------------------------------------------------- confidence
+def _candidate(i: int, prob: torch.Tensor) -> Candidate:
+    """A candidate whose image carries the probability map the fake labeller returns."""
+    return Candidate(f"c{i}", f"Q{i}", 0, prob.expand(3, -1, -1).half())
+
+
+def test_confidence_drops_unsure_slices_and_ignores_the_band(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = 32
+    confident = torch.full((s, s), 0.02)
+    confident[4:12, 4:12] = 0.99
+    confident[20:24, 20:24] = 0.5  # uncertain pixels, inside the ignore band
+    negative = torch.full((s, s), 0.05)
+    negative[0, :8] = 0.3  # in the band
+    maps = {"c0": confident, "c1": torch.full((s, s), 0.6), "c2": negative,
+            "c3": torch.full((s, s), 0.93), "c4": torch.full((s, s), 0.89)}
+    conf = {k: float(torch.maximum(p, 1 - p).mean()) for k, p in maps.items()}
+    tau = 0.9
+    kept = {k for k, c in conf.items() if c >= tau}
+    assert kept == {"c0", "c2", "c3"}  # the design: two below tau
+    cands = [_candidate(i, maps[f"c{i}"]) for i in range(5)]
+    labelled = SlicePool([SliceItem(torch.rand(3, s, s).half(), torch.zeros(s, s).half(),
+                                    uid="lab", patient_id="L", z=0)])
+    monkeypatch.setattr(semi_mod, "predict_probs", lambda model, x, **kw: x[:, 0].float())
+    net = InfNet("test_resnet", channel=8)
+    rec = FitRecorder(inner=lambda *a, **k: (SimpleNamespace(model=net), None))
+    settings = SemiSettings(method="confidence", tau=tau, ignore_band=(0.2, 0.8),
+                            k_per_round=3, rounds=2, epochs_per_round=1, final_epochs=0)
+    tr = SemiTrainer(labelled, cands, None, SliceSettings(img_size=s), TRAIN, settings,
+                     tmp_path / "state", ["L"], progress=False, fit_fn=rec)
+    tr.run()
+    # round 1 re-labels order[:3], round 2 order[:5]; each replaces the previous pseudo set
+    for r, n in ((1, 3), (2, 5)):
+        exp = [q for q in tr.order[:n] if q.split(":")[0] in kept]
+        assert rec.pools[r] == ["labelled:lab:0"] + [f"pseudo:{q}" for q in exp]
+        assert tr.history[r].kept == tr.history[r].added == len(exp)
+    pseudo = {it.uid: it for it in tr.pool if it.source == "pseudo"}
+    assert set(pseudo) == kept
+    for uid, it in pseudo.items():
+        p = maps[uid].half().float()  # the labeller saw the float16 image
+        band = (p > 0.2) & (p < 0.8)
+        assert torch.equal(it.weight.float(), (~band).float()), uid
+        assert torch.equal(it.mask.float(), (p >= 0.5).float()), uid
+    assert int((pseudo["c0"].weight == 0).sum()) == 16 and int((pseudo["c2"].weight == 0)
+                                                                .sum()) == 8
+    # the loss does not see ignored pixels: changing the logits there changes nothing
+    item = SliceDataset([pseudo["c0"]], (0, 0, 0), (1, 1, 1))[0]
+    batch = {k: v[None] for k, v in item.items()}
+    logits = torch.randn(1, 1, s, s)
+    moved = logits.clone()
+    moved[..., 20:24, 20:24] += 30.0
+    a, _ = infnet_loss((logits,) * 5, batch["mask"], batch["edge"], batch["valid"])
+    b, _ = infnet_loss((moved,) * 5, batch["mask"], batch["edge"], batch["valid"])
+    torch.testing.assert_close(a, b)
+    c, _ = infnet_loss((moved,) * 5, batch["mask"], batch["edge"])
+    assert abs(float(c - a)) > 1e-3
+
+
+def test_ema_teacher_update() -> None:
+    torch.manual_seed(0)
+    student, teacher = InfNet("test_resnet", channel=8), InfNet("test_resnet", channel=8)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    EMATeacher(teacher, 0.9).on_train_batch_end(None, SimpleNamespace(model=student), None,
+                                                 None, 0)
+    s_sd = student.state_dict()
+    for name, p in teacher.named_parameters():
+        torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * s_sd[name])
+    for name, b in teacher.named_buffers():
+        assert torch.equal(b, s_sd[name]), name
+
+
+# ----------------------------------------------------------------------------- CLI
+def _config(tmp_path: Path, tree: Path, **semi: Any) -> Path:
+    import yaml
+
+    cfg = {
+        "ct_root": str(tree), "annotations": str(tree / "annotations.csv"),
+        "masks_dir": str(tree / "masks"), "out_dir": str(tmp_path / "out"),
+        "slices": {"img_size": 64},
+        "train": {"backbone": "test_resnet", "channel": 8, "epochs": 1, "batch_size": 8,
+                  "lr": 1e-3, "multiscale": [1.0], "val_fraction": 0.25, "seed": 0},
+        "fast": {"enabled": False},
+        "mode": "semi",
+        "semi": {"method": "progressive", "ema_decay": 0.9, "k_per_round": 6,
+                 "rounds": 2, "epochs_per_round": 1, "final_epochs": 1, "batch_size": 8,
+                 "slice_stride": 3, "labelled_fraction": 0.5, **semi},
+    }
+    path = tmp_path / "segment.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_segment_train_semi_from_yaml(tree: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from lungfuse.core.cli import main
+
+    splits = tmp_path / "splits.csv"  # a run's splits file: only split == test counts
+    splits.write_text("patient_id,split\nu5,test\nu0,train\n", encoding="utf-8")
+    cfg = _config(tmp_path, tree, unlabelled_series=["u3"], test_patients_file=str(splits))
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(cfg), "--no-progress"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert "semi-supervised (progressive): 2 round(s)" in capsys.readouterr().out
+    model, meta = load_checkpoint(tmp_path / "out" / "infnet.pt")
+    assert isinstance(model, InfNet)
+    # every non-test patient trained it (labelled, unlabelled, validation); u5 never
+    assert meta["training_patients"] == ["u0", "u1", "u2", "u3", "u4"]
+    extra = meta["extra"]
+    assert extra["mode"] == "semi" and extra["method"] == "progressive"
+    assert [h["round"] for h in extra["history"]] == [0, 1, 2]
+    pseudo_uids = set()
+    for r in (1, 2):
+        obj = torch.load(tmp_path / "out" / "semi" / f"round_{r:03d}.pt", weights_only=False)
+        pseudo_uids |= {q.split(":")[0] for q in obj["keys"]}
+    assert pseudo_uids and "u5" not in pseudo_uids
+
+    # an unlabelled series of a test patient is refused before any training
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg = _config(bad, tree, unlabelled_series=["u5"], test_patients=["u5"])
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(cfg), "--no-progress"])
+    assert exc.value.code == 2
+    assert "belongs to a test patient" in capsys.readouterr().err
+    assert not (bad / "out" / "semi").exists()
