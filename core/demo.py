@@ -118,7 +118,10 @@ def _partition(clinical: Any, data: Path, s: DemoSettings) -> dict[str, list[str
     has_ct = {p for p in ids if isinstance(clinical.loc[p, "seriesuid"], str)}
     pretrain = [p for p in ids if p in has_ct][: s.pretrain_scans]
     rest = [p for p in ids if p not in pretrain]
-    full = [p for p in reversed(rest) if p in has_ct and p in omics_patients]
+    mut = {x[:12] for x in seq}
+    both = {x[:12] for x in expr} & mut
+    full = [p for p in reversed(rest) if p in has_ct and p in both] or \
+        [p for p in reversed(rest) if p in has_ct and p in omics_patients]
     no_omics = [p for p in reversed(rest) if p in has_ct and p not in omics_patients]
     new = [full[0]] + ([no_omics[0]] if no_omics else [full[1]])
     cohort = [p for p in rest if p not in new]

@@ -302,6 +302,7 @@ def score_patients(
     ids = [p.id for p in spec.patients]
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=_parent(out)))
+    os.chmod(staging, 0o777 & ~io._umask())  # mkdtemp makes 0700; the folder is shared
     handler = logging.FileHandler(staging / "score.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -352,7 +353,9 @@ def score_patients(
                                                                   strict=True)))
                 attributions.append(part[part["present"]].drop(columns="present"))
             if not first:
-                first = {"fold": tf, "names": names, "plugins": tf.plugins}
+                first = {"fold": tf, "names": names, "plugins": tf.plugins,
+                         "gene_modalities": [m for m, p in tf.plugins.items()
+                                             if getattr(p, "feature_kind", "") == "gene"]}
         by_model = pd.concat(rows, ignore_index=True)
         attr = (pd.concat(attributions, ignore_index=True)
                 .groupby(["patient_id", "modality", "feature"], sort=False)
@@ -528,10 +531,10 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
                else "")],
             tables=[tab], figures=[(bar_figure(mods, vals, "Modality contributions",
                                                f"change in {unit}"), "")]))
-    for key, title in (("top_genes", "Top genes"), ("top_features", "Top features")):
-        items = s[key]
-        if not items or (key == "top_features" and s["top_genes"] and all(
-                i["modality"] in {g["modality"] for g in s["top_genes"]} for i in items)):
+    gene_mods = set(first.get("gene_modalities", ()))
+    others = [i for i in s["top_features"] if i["modality"] not in gene_mods]
+    for items, title in ((s["top_genes"], "Top genes"), (others, "Other top features")):
+        if not items:
             continue
         lab = [f"{i['feature']} ({i['modality']})" for i in items]
         sections.append(Section(title, text=[

@@ -196,3 +196,17 @@ def test_cli_single_patient_and_exit_code(trained, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert ex.value.code == 2 and err.count("\n") == 1 and "X,Y,Z,DIAMETER" in err
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_patient_page_renders_with_every_figure(trained, tmp_path) -> None:
+    from browser import chromium, render_counts
+
+    if chromium() is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    root, run_dir = trained
+    pid = _fake_ids(root)[0][0]
+    res = _score(run_dir, _spec(root, [pid], tmp_path), tmp_path / "o")
+    page = res.folder / res.patients[0]["page"]
+    images, loaded = render_counts(page)
+    assert images >= 2 and loaded == images  # contributions + top features at least
+    assert "http" not in page.read_text().replace("http-equiv", "")  # self-contained
