@@ -53,11 +53,19 @@ log = logging.getLogger("lungfuse")
 MARKER = "demo.json"
 
 
+def _signatures() -> Path:
+    """Gene sets shipped with the genomics plugin (proliferation, cytotoxic immune, NRF2
+    targets, lung lineage): the demo summarises expression by their scores."""
+    from importlib.resources import files
+
+    return Path(str(files("lungfuse.plugins.genomics") / "data" / "lung_signatures.gmt"))
+
+
 @dataclass
 class DemoSettings:
     """Sizes of the demo; the defaults fit the time budget on a 2-core CPU."""
 
-    patients: int = 72  # synthesised: pretrain + new + cohort
+    patients: int = 132  # synthesised: pretrain + new + cohort
     pretrain_scans: int = 10  # CT patients the segmenter is trained on (not in the cohort)
     unlabelled_scans: int = 4  # of those, used without their masks (semi-supervised)
     folds: int = 3
@@ -170,7 +178,7 @@ def _experiment(out: Path, data: Path, checkpoint: Path, s: DemoSettings) -> dic
              "sequenced_samples": str(data / "omics" / "sequenced_samples.txt"),
              "panel": "lung", "embedding_dim": 16, "hidden": [32]},
             {"kind": "expression", "path": str(data / "omics" / "expression.parquet"),
-             "selection": "top_variance", "top_n": 64, "embedding_dim": 16, "hidden": [32]},
+             "selection": "gmt", "gmt": str(_signatures()), "embedding_dim": 16, "hidden": [32]},
         ],
         "fusion": {"kind": "gated", "hidden_dim": 32, "modality_dropout": 0.2},
         "training": {"max_epochs": s.max_epochs, "batch_size": 16, "lr": 3e-3,

@@ -208,3 +208,30 @@ def test_scoring_config_reads_a_new_patients_own_scan(cohort_dir: Path, tmp_path
     # without a location the whole scan is swept
     swept = plug.scoring_config({"id": "NEW-2", "ct": path}, tmp_path / "scratch")
     assert swept.candidate_source == "sweep" and swept.annotations == plug.config.annotations
+
+
+def test_folds_sharing_a_segmenter_extract_each_scan_once(cohort_dir: Path, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    from lungfuse.plugins.imaging_infnet import features
+
+    cohort = _cohort(cohort_dir)
+    first = InfNetModality(_cfg(cohort_dir))
+    ctx = ModalityContext(workdir=tmp_path, progress=False)
+    first.prepare(cohort.loc[["P0", "P1"]], ctx)
+    want = first.transform(cohort.loc[["P2", "P3"]], ctx)
+    calls = []
+    orig = features.segment_at
+    monkeypatch.setattr(features, "segment_at", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    again = InfNetModality(_cfg(cohort_dir))  # another fold, same fitted segmenter
+    again.load_state_dict(first.state_dict())
+    pd.testing.assert_frame_equal(again.transform(cohort.loc[["P2", "P3"]], ctx), want)
+    assert calls == []
+    # other weights (another fold's own segmenter): computed afresh
+    other = InfNetModality(_cfg(cohort_dir))
+    state = first.state_dict()
+    sd = {k: v.clone() for k, v in state["model"]["state_dict"].items()}
+    k0 = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[k0] += 0.01
+    other.load_state_dict({**state, "model": {**state["model"], "state_dict": sd}})
+    other.transform(cohort.loc[["P2"]], ctx)
+    assert len(calls) >= 1

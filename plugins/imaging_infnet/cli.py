@@ -112,10 +112,13 @@ def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress
 
         ckpt, st = train_semi(cfg, cases, progress=not no_progress)
         h = st.history[-1] if st.history else None
+        after = h.val_dice if h else float("nan")
+        dice = ("no validation scans (train.val_fraction 0)" if after != after and
+                st.final_val_dice != st.final_val_dice else
+                f"val Dice after rounds {after:.4f}, final {st.final_val_dice:.4f}")
         click.echo(f"semi-supervised ({cfg.semi.method}): {st.n_rounds} round(s), "
                    f"{len(st.labelled)} labelled + {len(st.candidates)} unlabelled slices; "
-                   f"val Dice after rounds {h.val_dice if h else float('nan'):.4f}, final "
-                   f"{st.final_val_dice:.4f}; checkpoint: {ckpt}")
+                   f"{dice}; checkpoint: {ckpt}")
         return
     rng = np.random.default_rng(cfg.train.seed)
     order = rng.permutation(len(cases))

@@ -24,6 +24,29 @@ from .config import FastPath, SliceSettings, TrainSettings
 log = logging.getLogger("lungfuse.imaging")
 
 
+#: Features of scans already processed in this process, keyed by segmenter fingerprint,
+#: series, volume file (path, size, mtime) and its nodule rows: K folds that share one
+#: segmentation checkpoint extract each scan's features once.
+_FEATURES: dict[tuple, dict[str, float]] = {}
+_FEATURES_MAX = 50_000
+
+
+def _memo_key(fp: str, uid: str, path: Path, nodules: Any) -> tuple | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    rows = () if nodules is None else tuple(
+        tuple(r) for r in nodules.drop(columns="seriesuid").itertuples(index=False))
+    return (fp, uid, str(path), st.st_size, st.st_mtime_ns, rows)
+
+
+def _remember(key: tuple, row: dict[str, float]) -> None:
+    if len(_FEATURES) >= _FEATURES_MAX:
+        _FEATURES.pop(next(iter(_FEATURES)))
+    _FEATURES[key] = dict(row)
+
+
 def _default_train() -> TrainSettings:
     return TrainSettings(epochs=3, batch_size=8, multiscale=[1.0], val_fraction=0.0)
 
@@ -79,6 +102,7 @@ class InfNetModality(ModalityPlugin):
         self.model_state_: dict[str, Any] | None = None
         self.fit_patients_: list[str] | None = None
         self._predictor = None
+        self._fp = None
 
     # ------------------------------------------------------------------ helpers
     def _series(self, cohort) -> dict[str, str]:
@@ -120,6 +144,7 @@ class InfNetModality(ModalityPlugin):
                                  "slices": meta["slices"].model_dump(),
                                  "training_patients": meta["training_patients"]}
             self._predictor = None
+            self._fp = None
             return
         series = self._series(train)
         vols = self._volumes()
@@ -147,6 +172,27 @@ class InfNetModality(ModalityPlugin):
                              "slices": self.config.slices.model_dump(),
                              "training_patients": sorted(series)}
         self._predictor = None
+        self._fp = None
+
+    def _fingerprint(self) -> str:
+        """Hash of what a scan's features depend on besides the scan and its nodules: the
+        segmenter's weights and slice settings, and the feature settings."""
+        if self._fp is None:
+            import hashlib
+            import json
+
+            h = hashlib.sha256()
+            for k, v in sorted(self.model_state_["state_dict"].items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            h.update(json.dumps({"hparams": self.model_state_["hparams"],
+                                 "slices": self.model_state_["slices"],
+                                 "cfg": self.config.model_dump(
+                                     mode="json", include={"candidate_source", "threshold",
+                                                           "candidate_diameter_mm", "fast"})},
+                                sort_keys=True, default=str).encode())
+            self._fp = h.hexdigest()
+        return self._fp
 
     def _get_predictor(self):
         if self._predictor is None:
@@ -198,9 +244,16 @@ class InfNetModality(ModalityPlugin):
         if self.config.candidate_source == "annotations" and ann is None:
             raise DataError("infnet: candidate_source 'annotations' needs `annotations: FILE`")
         dim = pred.model.embedding_dim
+        fp = self._fingerprint()
         rows: dict[str, dict[str, float]] = {}
         for pid, uid in bar(sorted(series.items()), desc="CT features", enabled=ctx.progress):
             if uid not in vols:
+                continue
+            src = ann if ann is not None else cand
+            sel = src[src["seriesuid"] == uid] if src is not None else None
+            key = _memo_key(fp, uid, vols[uid], sel)
+            if key is not None and key in _FEATURES:
+                rows[pid] = dict(_FEATURES[key])
                 continue
             try:
                 vol = ctio.read_volume(vols[uid])
@@ -208,8 +261,6 @@ class InfNetModality(ModalityPlugin):
                 if self.config.candidate_source == "sweep":
                     nodules = sweep(pred, vol, self.config.threshold)
                 else:
-                    src = ann if ann is not None else cand
-                    sel = src[src["seriesuid"] == uid]
                     for r in sel.itertuples(index=False):
                         d = float(getattr(r, "diameter_mm", self.config.candidate_diameter_mm))
                         c = ctio.nodule_centres_index(vol, [(r.coordX, r.coordY, r.coordZ,
@@ -224,6 +275,8 @@ class InfNetModality(ModalityPlugin):
                     top = max(nodules, key=lambda nd: nd.features["volume_mm3"])
                     emb = embedding_of(pred, vol, top)
                 rows[pid] = patient_row(nodules, emb, dim)
+                if key is not None:
+                    _remember(key, rows[pid])
             except DataError as exc:
                 log.warning("infnet: skipping patient %s (series %s): %s", pid, uid, exc)
         cols = list(patient_row([], None, dim))
@@ -271,6 +324,7 @@ class InfNetModality(ModalityPlugin):
         self.model_state_ = state["model"]
         self.fit_patients_ = state.get("fit_patients")
         self._predictor = None
+        self._fp = None
 
     @classmethod
     def example(cls, workdir: Path, patient_ids: list[str]) -> InfNetConfig:
