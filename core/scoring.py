@@ -180,12 +180,14 @@ def _transform_fold(fold: Any, table: pd.DataFrame, spec: Any, inputs: _Modality
         cls = type(fitted)
         base_cfg = inputs.config(m, fitted)
         state = fitted.state_dict()
-        groups: dict[int, tuple[Any, list[str]]] = {}
+        hook = cls(base_cfg)
+        hook.load_state_dict(state)
+        # patients read from the configured sources share one call; a patient with files
+        # of their own (a CT scan) gets a config, and a call, of their own
+        groups: dict[str | None, tuple[Any, list[str]]] = {}
         for pid in table.index:
-            inst = cls(base_cfg)
-            inst.load_state_dict(state)
-            own = inst.scoring_config(entries[pid], scratch / m)
-            key = id(None) if own is None else hash(pid)
+            own = hook.scoring_config(entries[pid], scratch / m)
+            key = None if own is None else str(pid)
             groups.setdefault(key, (own or base_cfg, []))[1].append(pid)
         parts = []
         for cfg_g, pids in groups.values():
@@ -510,6 +512,10 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
                         for m, r in s["missing_reasons"].items())
         head += (f"<div class='note'><p>Missing for this patient, so left out of the "
                  f"prediction (not imputed):</p><ul>{items}</ul></div>")
+    if not s["present"]:
+        head += ("<div class='note'><p><b>No modality could be used for this patient</b>: "
+                 "the risk above is the model's baseline for a patient of whom nothing is "
+                 "known, not an assessment.</p></div>")
     sections = [Section("Risk", html=head)]
     if s.get("survival"):
         surv = pd.DataFrame(s["survival"]).rename(columns={"probability":

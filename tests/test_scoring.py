@@ -84,6 +84,7 @@ def test_missing_modality_is_scored_without_it_and_said(trained, tmp_path) -> No
     page = (res.folder / miss["page"]).read_text()
     assert "Missing for this patient" in page and "fake" in page
     assert "Missing for this patient" not in (res.folder / full["page"]).read_text()
+    assert "No modality could be used" not in page
     index = (res.folder / "report.html").read_text()
     assert f"patients/{without[0]}.html" in index
 
@@ -210,3 +211,11 @@ def test_patient_page_renders_with_every_figure(trained, tmp_path) -> None:
     images, loaded = render_counts(page)
     assert images >= 2 and loaded == images  # contributions + top features at least
     assert "http" not in page.read_text().replace("http-equiv", "")  # self-contained
+
+
+def test_patient_with_no_data_is_scored_as_the_baseline_and_flagged(trained, tmp_path) -> None:
+    _, run_dir = trained
+    res = _score(run_dir, {"patients": [{"id": "NOBODY-1"}]}, tmp_path / "o")
+    s = res.patients[0]
+    assert s["present"] == [] and s["missing"] == ["fake", "cnv"] and s["contributions"] == {}
+    assert "No modality could be used" in (res.folder / s["page"]).read_text()
