@@ -5,8 +5,8 @@ Phases run in separate processes so each reports its own peak RSS:
 * ``eager``: res2net50d Inf-Net, untrained, float32, eager, batch 1 (slices/s), plus
   parameter count (with the reference's unused classifier) and GFLOP per slice
   (``torch.utils.flop_counter``, 2 FLOP per multiply-add);
-* ``fast``: the fast path (channels_last + bf16 autocast + torch.compile), batch 8, and
-  variants without compile / batch 1;
+* ``fast``: the fast path (channels_last + bf16 autocast + torch.compile with inductor
+  freezing), batch 8, and variants: batch 1, without freezing, without compile;
 * ``train``: training slices/s (forward + loss + backward + Adam step, float32, batch 4);
 * ``dice``: a small Inf-Net (``test_resnet`` backbone) trained briefly on a synthetic CT
   split, Dice@0.5 of float32 vs the fast path on the held-out scans.
@@ -74,6 +74,7 @@ def phase_fast(quick: bool) -> dict:
     s = SliceSettings(img_size=SIZE)
     variants = [("fast_compile_bf16_cl_b8", FastPath(batch_size=8)),
                 ("fast_compile_bf16_cl_b1", FastPath(batch_size=1)),
+                ("compile_without_freezing_bf16_cl_b8", FastPath(batch_size=8, freeze=False)),
                 ("eager_bf16_cl_b8", FastPath(batch_size=8, compile=False)),
                 ("eager_fp32_cl_b8", FastPath(batch_size=8, compile=False, bf16=False))]
     if quick:
@@ -206,11 +207,13 @@ def main() -> None:
     lines = [
         "# Inf-Net speed (res2net50d, 352x352, untrained weights)",
         "",
+        f"`python bench/infnet_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}. "
-        f"**Shared with other engineers while measuring** (load average "
-        f"{load[0]:.2f} before, {load_after[0]:.2f} after), so figures are lower bounds "
-        "and vary run to run.",
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; load average "
+        f"{load[0]:.2f} before, {load_after[0]:.2f} after"
+        + (" (**other jobs were running**: figures are lower bounds)." if load[0] > 0.7 else
+           " (no other job running)."),
         "",
         "| figure | value |",
         "|---|---|",
@@ -218,7 +221,8 @@ def main() -> None:
         f"| parameters (lungfuse model, no classifier) | {e.get('params_no_fc', 'n/a')} |",
         f"| GFLOP per 352² slice (flop_counter) | {fmt(e.get('gflop_per_slice'))} |",
         f"| float32 eager, batch 1 (slices/s) | {fmt(base)} |",
-        f"| fast path: compile + bf16 + channels_last, batch 8 (slices/s) | {fmt(fast)} |",
+        f"| fast path: compile (freezing) + bf16 + channels_last, batch 8 (slices/s) | "
+        f"{fmt(fast)} |",
         f"| fast path speed-up over float32 eager b1 | "
         f"{fmt(fast / base if fast and base else None)}x |",
     ]

@@ -110,3 +110,27 @@ def test_reference_checkpoint_loads_strictly_and_gives_the_same_maps(tmp_path: P
     torch.save({f"module.{k}": v for k, v in ref.items()}, tmp_path / "dp.pth")
     assert torch.equal(InfNet.from_reference_checkpoint(tmp_path / "dp.pth")
                        .state_dict()["ra4_conv5.conv.weight"], ref["ra4_conv5.conv.weight"])
+
+
+@pytest.mark.slow
+def test_fast_path_matches_float32_and_keeps_a_static_batch() -> None:
+    """compile (with freezing) + bf16 + channels_last gives the float32 probabilities to
+    bf16 precision; a short last batch is padded, not recompiled, and trimmed."""
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+
+    torch.manual_seed(1)
+    net = InfNet("test_resnet", channel=8).eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics, so folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    s = SliceSettings(img_size=64)
+    x = torch.rand(5, 3, 64, 64)
+    want = Predictor(net, s, FastPath(enabled=False)).predict(x)
+    fast = Predictor(InfNet("test_resnet", channel=8).eval(), s, FastPath(batch_size=4))
+    fast.model.load_state_dict(net.state_dict())
+    got = fast.predict(x)
+    assert got.shape == want.shape == (5, 64, 64) and got.dtype == torch.float32
+    assert float((got - want).abs().max()) < 0.05
+    assert float(((got > 0.5) != (want > 0.5)).float().mean()) < 0.01

@@ -64,6 +64,9 @@ class FastPath(_Section):
 
     enabled: bool = True
     compile: bool = True
+    freeze: bool = Field(default=True, description="With compile: inductor freezing (weights "
+                         "as constants: BatchNorm folded into convolutions, weights "
+                         "pre-packed); inference only.")
     bf16: bool = True
     channels_last: bool = True
     batch_size: int = Field(default=8, ge=1)

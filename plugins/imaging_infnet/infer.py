@@ -1,7 +1,8 @@
 """Inference: batched slice prediction with an optional fast path, whole-volume sweeps.
 
 Fast path (``FastPath``): channels_last memory format, bf16 autocast on CPU and
-``torch.compile`` of the network, batches of ``batch_size`` slices. Each switch falls back
+``torch.compile`` of the network (with inductor freezing), batches of ``batch_size``
+slices. Each switch falls back
 (logged once) if the platform refuses it. Outputs are float32 probabilities.
 """
 
@@ -50,6 +51,15 @@ class Predictor:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
+    def _compile_ctx(self):
+        """Inductor settings for the (lazy) compilation on the first call: freezing folds
+        BatchNorm into the convolutions and pre-packs weights for inference."""
+        if self.fast.enabled and self.fast.compile and self.fast.freeze:
+            import torch._inductor.config as inductor_config
+
+            return inductor_config.patch(freezing=True)
+        return nullcontext()
+
     def _prep(self, x01: torch.Tensor) -> torch.Tensor:
         x = standardise(x01.float(), self.model.input_mean, self.model.input_std)
         if self.fast.enabled and self.fast.channels_last:
@@ -66,7 +76,7 @@ class Predictor:
             if self.fast.enabled and self.fast.compile and n < self.batch_size:
                 # keep one static shape for the compiled graph
                 xb = torch.cat([xb, xb[-1:].expand(self.batch_size - n, -1, -1, -1)])
-            with self._ctx():
+            with self._ctx(), self._compile_ctx():
                 maps = self._net(xb)
             out.append(torch.sigmoid(maps[3][:n, 0].float()))
         if not out:
