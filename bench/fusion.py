@@ -114,7 +114,7 @@ def part2(args: argparse.Namespace, work: Path) -> dict:
     t0 = time.perf_counter()
     res = run_experiment(cfg, cache_dir=cache, progress=False)
     second = time.perf_counter() - t0
-    run = json.loads((res.run_dir / "run.json").read_text())
+    run = json.loads((res.run_dir / "run.json").read_text(encoding="utf-8"))
     fit = sum(f["fit_seconds"] for f in run["folds"])
     epochs = [f["epochs"] for f in run["folds"]]
     print(f"  {args.speed_patients} patients x 5 folds, head {args.speed_head}: first run "

@@ -51,7 +51,7 @@ def imaging_features(root: Path, clin: pd.DataFrame) -> pd.DataFrame:
 def mutation_features(root: Path) -> pd.DataFrame:
     from lungfuse.core.synth.latent import DRIVERS
 
-    seq = (root / "omics" / "sequenced_samples.txt").read_text().split()
+    seq = (root / "omics" / "sequenced_samples.txt").read_text(encoding="utf-8").split()
     m = pd.read_parquet(root / "omics" / "mutations.parquet")
     m = m[m.Variant_Classification.isin(NON_SILENT) & m.Hugo_Symbol.isin(list(DRIVERS))]
     x = pd.DataFrame(0.0, index=sorted({s[:12] for s in seq}), columns=list(DRIVERS))

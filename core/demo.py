@@ -116,7 +116,7 @@ def _prepare_out(out: Path) -> None:
 
 def _partition(clinical: Any, data: Path, s: DemoSettings) -> dict[str, list[str]]:
     """Pretraining CT patients, two new patients (one without genomics), the cohort."""
-    seq = set((data / "omics" / "sequenced_samples.txt").read_text().split())
+    seq = set((data / "omics" / "sequenced_samples.txt").read_text(encoding="utf-8").split())
     import pyarrow.parquet as pq
 
     expr = set(pq.read_table(data / "omics" / "expression.parquet", columns=["sample"])

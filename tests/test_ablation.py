@@ -139,7 +139,7 @@ def test_killed_ablation_resumes_where_it_stopped(ablation):
     assert (res.trained, res.skipped) == (7, 5)
     for p, mtime in ablation["first_parts"].items():
         assert p.stat().st_mtime_ns == mtime, f"{p} was recomputed on resume"
-    state = json.loads((ablation["folder"] / "ablation.json").read_text())
+    state = json.loads((ablation["folder"] / "ablation.json").read_text(encoding="utf-8"))
     assert state["status"] == "complete"
 
 
@@ -175,7 +175,7 @@ def test_table_markdown_figure_and_comparisons(ablation):
                        others["auroc"] - ref_row["auroc"], atol=1e-9)
     # modality a carries the signal: the best single modality is an "a" variant
     assert res.reference.startswith("a |")
-    md = (folder / "ablation.md").read_text()
+    md = (folder / "ablation.md").read_text(encoding="utf-8")
     assert md.count("\n| ") >= 7 and "reference" in md and "[" in md
     assert (folder / "ablation.png").stat().st_size > 1000
 
@@ -184,7 +184,7 @@ def test_ablation_report_renders_in_chromium(ablation):
     from browser import chromium, render_counts
 
     html = ablation["folder"] / "report.html"
-    text = html.read_text()
+    text = html.read_text(encoding="utf-8")
     assert "Paired comparison" in text and "Configuration" in text and "Splits" in text
     assert "http://" not in text and "https://" not in text
     if chromium() is None:

@@ -32,7 +32,7 @@ def test_every_step_is_timed_and_reported(demo) -> None:
              "ablation (modality subsets x heads)", "score two new patients (lungfuse score)",
              "write the reports"]
     assert list(res.timings) == steps + ["total"]
-    saved = json.loads((res.out / "demo.json").read_text())
+    saved = json.loads((res.out / "demo.json").read_text(encoding="utf-8"))
     assert saved["timings_s"] == res.timings
     assert any(line.startswith("lungfuse demo: done in") for line in lines)
     for key in ("run_report", "ablation_report", "scores_report", "figure"):
@@ -59,7 +59,7 @@ def test_new_patients_scored_with_what_they_have(demo) -> None:
     assert list(scores) == res.summary["new_patients"]
     assert all(0.0 <= s["risk"] <= 1.0 for s in scores.values())
     for pid, s in scores.items():
-        page = (res.out / "scores" / "patients" / f"{pid}.html").read_text()
+        page = (res.out / "scores" / "patients" / f"{pid}.html").read_text(encoding="utf-8")
         assert ("Missing for this patient" in page) == bool(s["missing"])
         assert "ct" not in s["missing"]  # both new patients have a CT scan
     abl = pd.read_parquet(Path(res.paths["ablation"]) / "ablation.parquet")
@@ -75,4 +75,4 @@ def test_rerun_replaces_only_its_own_output(demo, tmp_path) -> None:
     (mine / "thesis.tex").write_text("do not delete")
     with pytest.raises(DataError, match="holds no earlier demo"):
         run_demo(mine, echo=lambda _: None, progress=False)
-    assert (mine / "thesis.tex").read_text() == "do not delete"
+    assert (mine / "thesis.tex").read_text(encoding="utf-8") == "do not delete"

@@ -20,7 +20,7 @@ def _reference_shapes() -> dict[str, tuple[int, ...]]:
     if not TSV.is_file():
         pytest.skip(f"reference key list not found at {TSV} (shared/ must sit beside the clone)")
     out = {}
-    for line in TSV.read_text().splitlines():
+    for line in TSV.read_text(encoding="utf-8").splitlines():
         if line.strip():
             k, s = line.split("\t")[:2]
             out[k] = tuple(ast.literal_eval(s))

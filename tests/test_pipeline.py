@@ -310,7 +310,7 @@ def test_binary_run_writes_the_run_folder(binary_run, data) -> None:
     res = binary_run
     d = res.run_dir
     assert d.parent == data / "runs" and d.name.startswith("t-")
-    assert json.loads((d / "run.json").read_text())["status"] == "complete"
+    assert json.loads((d / "run.json").read_text(encoding="utf-8"))["status"] == "complete"
     for f in ("config.yaml", "splits.parquet", "predictions.parquet", "metrics.json", "run.log"):
         assert (d / f).is_file(), f
     for k in (0, 1):
@@ -335,7 +335,7 @@ def test_binary_run_writes_the_run_folder(binary_run, data) -> None:
     w = pred[["weight_fake", "weight_cnv"]].to_numpy()
     assert np.allclose(w[both].sum(1), 1) and (w[~pred["present_cnv"], 1] == 0).all()
 
-    m = json.loads((d / "metrics.json").read_text())
+    m = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
     assert m == json.loads(json.dumps(res.metrics, default=float))
     o = m["overall"]["auroc"]
     assert 0 <= o["value"] <= 1 and o["ci_low"] <= o["value"] <= o["ci_high"]
@@ -359,7 +359,7 @@ def test_calibration_is_fitted_on_validation_patients_only(data, monkeypatch) ->
     splits = pd.read_parquet(res.run_dir / "splits.parquet")
     n_val = [int(((splits.fold == k) & (splits.split == "val")).sum()) for k in (0, 1)]
     assert seen == n_val
-    meta = json.loads((res.run_dir / "models/seed0-fold0/meta.json").read_text())
+    meta = json.loads((res.run_dir / "models/seed0-fold0/meta.json").read_text(encoding="utf-8"))
     assert meta["calibration"]["method"] == "temperature"
 
 
@@ -417,7 +417,7 @@ def test_survival_run(data, fusion: str) -> None:
     o = res.metrics["overall"]
     assert {"harrell_c", "uno_c", "mean_td_auc", "integrated_brier"} <= set(o)
     assert 0 <= o["harrell_c"]["value"] <= 1
-    meta = json.loads((res.run_dir / "models/seed0-fold0/meta.json").read_text())
+    meta = json.loads((res.run_dir / "models/seed0-fold0/meta.json").read_text(encoding="utf-8"))
     assert meta["breslow"]["baseline_survival"][0] <= 1
 
 
@@ -461,7 +461,7 @@ def test_ddp_on_cpu_two_processes(data, tmp_path) -> None:
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1, "all ranks must share one run folder"
     ddp = runs[0]
-    assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
+    assert json.loads((ddp / "run.json").read_text(encoding="utf-8"))["world_size"] == 2
     single = run({**cfg, "trainer": {"accelerator": "cpu"}, "output_dir": str(tmp_path / "one")})
     assert _artefacts(ddp) == _artefacts(single.run_dir)
     pred = pd.read_parquet(ddp / "predictions.parquet")

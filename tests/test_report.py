@@ -35,7 +35,7 @@ def _sample_report(tmp_path):
 
 def test_report_is_self_contained(tmp_path):
     path = _sample_report(tmp_path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert text.count("<img") == 5
     assert len(re.findall(r'src="data:image/png;base64,', text)) == 5
     assert not re.search(r'(src|href)="(https?:)?//', text), "report references the network"

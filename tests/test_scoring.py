@@ -65,7 +65,7 @@ def test_each_fold_model_reproduces_the_runs_held_out_prediction(trained, tmp_pa
                                                                               "risk"])
         assert s["uncertainty"] == pytest.approx(r.std(ddof=1))
         assert 0.0 <= s["risk"] <= 1.0
-    info = json.loads((res.folder / "scores.json").read_text())
+    info = json.loads((res.folder / "scores.json").read_text(encoding="utf-8"))
     assert info["models"] == 2 and [p["patient_id"] for p in info["patients"]] == ids
 
 
@@ -81,11 +81,11 @@ def test_missing_modality_is_scored_without_it_and_said(trained, tmp_path) -> No
     # the head's weights: absent modalities weigh nothing
     assert miss["weights"]["fake"] == pytest.approx(0.0, abs=1e-6)
     assert sum(full["weights"].values()) == pytest.approx(1.0, abs=1e-4)
-    page = (res.folder / miss["page"]).read_text()
+    page = (res.folder / miss["page"]).read_text(encoding="utf-8")
     assert "Missing for this patient" in page and "fake" in page
-    assert "Missing for this patient" not in (res.folder / full["page"]).read_text()
+    assert "Missing for this patient" not in (res.folder / full["page"]).read_text(encoding="utf-8")
     assert "No modality could be used" not in page
-    index = (res.folder / "report.html").read_text()
+    index = (res.folder / "report.html").read_text(encoding="utf-8")
     assert f"patients/{without[0]}.html" in index
 
 
@@ -171,7 +171,7 @@ def test_unfinished_run_and_foreign_out_folder_are_refused(trained, tmp_path) ->
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="exists and is not a scoring folder"):
         _score(run_dir, spec, busy)
-    assert (busy / "notes.txt").read_text() == "mine"
+    assert (busy / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_cli_single_patient_and_exit_code(trained, tmp_path, capsys) -> None:
@@ -210,7 +210,7 @@ def test_patient_page_renders_with_every_figure(trained, tmp_path) -> None:
     page = res.folder / res.patients[0]["page"]
     images, loaded = render_counts(page)
     assert images >= 2 and loaded == images  # contributions + top features at least
-    assert "http" not in page.read_text().replace("http-equiv", "")  # self-contained
+    assert "http" not in page.read_text(encoding="utf-8").replace("http-equiv", "")  # self-contained
 
 
 def test_patient_with_no_data_is_scored_as_the_baseline_and_flagged(trained, tmp_path) -> None:
@@ -218,4 +218,4 @@ def test_patient_with_no_data_is_scored_as_the_baseline_and_flagged(trained, tmp
     res = _score(run_dir, {"patients": [{"id": "NOBODY-1"}]}, tmp_path / "o")
     s = res.patients[0]
     assert s["present"] == [] and s["missing"] == ["fake", "cnv"] and s["contributions"] == {}
-    assert "No modality could be used" in (res.folder / s["page"]).read_text()
+    assert "No modality could be used" in (res.folder / s["page"]).read_text(encoding="utf-8")

@@ -81,7 +81,7 @@ def test_barcodes_map_back_to_patients(tiny_cohort: Path) -> None:
     pids = set(clin.patient_id)
     muts = pq.read_table(tiny_cohort / "omics" / "mutations.parquet").to_pandas()
     assert list(muts.columns) == MAF
-    seq = (tiny_cohort / "omics" / "sequenced_samples.txt").read_text().split()
+    seq = (tiny_cohort / "omics" / "sequenced_samples.txt").read_text(encoding="utf-8").split()
     assert seq and len(set(seq)) == len(seq)
     assert {s[:12] for s in seq} <= pids
     assert set(muts.Tumor_Sample_Barcode) <= set(seq)
@@ -110,7 +110,7 @@ def test_barcodes_map_back_to_patients(tiny_cohort: Path) -> None:
 
 
 def test_manifest_and_truth(tiny_cohort: Path) -> None:
-    meta = json.loads((tiny_cohort / "synth.json").read_text())
+    meta = json.loads((tiny_cohort / "synth.json").read_text(encoding="utf-8"))
     assert meta["preset"] == "tiny" and meta["seed"] == 0 and "version" in meta
     assert meta["knobs"]["no_genomics_fraction"] == 0.3
     truth = pq.read_table(tiny_cohort / "truth.parquet").to_pandas()
@@ -180,7 +180,7 @@ def test_class_mix_and_missingness_follow_the_knobs(tmp_path: Path) -> None:
     assert clin.malignant.sum() == 5
     assert clin.seriesuid.isna().sum() == 10 == res.n_series
     rna = {s[:12] for s in pq.read_table(res.expression).column("sample").to_pylist()}
-    dna = {s[:12] for s in res.sequenced_samples.read_text().split()}
+    dna = {s[:12] for s in res.sequenced_samples.read_text(encoding="utf-8").split()}
     called = {s[:12] for s in pq.read_table(res.mutations).column(
         "Tumor_Sample_Barcode").to_pylist()}
     assert len(rna) == 12 and dna < rna and len(rna - dna) == 3
@@ -200,7 +200,7 @@ def test_refuses_non_empty_and_bad_knobs(tmp_path: Path) -> None:
     (out / "keep.txt").write_text("mine")
     r = CliRunner().invoke(synth, [str(out), "--preset", "tiny"])
     assert r.exit_code == 2 and "not empty" in r.output
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
     from lungfuse.core.cli import main
 
     with pytest.raises(SystemExit) as exc:  # the `lungfuse` entry point, too

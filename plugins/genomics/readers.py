@@ -195,7 +195,7 @@ def read_gmt(path: Path) -> dict[str, list[str]]:
 @cache
 def lung_panel(gene_id: str = "symbol") -> tuple[str, ...]:
     """The packaged lung-cancer panel (``data/lung_panel.tsv``) as symbols or Entrez ids."""
-    text = (resources.files("lungfuse.plugins.genomics") / "data" / "lung_panel.tsv").read_text()
+    text = (resources.files("lungfuse.plugins.genomics") / "data" / "lung_panel.tsv").read_text(encoding="utf-8")
     rows = [ln.split("\t") for ln in text.splitlines() if ln and not ln.startswith("#")]
     header, body = rows[0], rows[1:]
     col = header.index(gene_id)
