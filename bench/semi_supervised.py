@@ -66,8 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--channel", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3, help="supervised learning rate")
-    ap.add_argument("--epochs", type=int, default=40, help="supervised on L")
-    ap.add_argument("--full-epochs", type=int, default=12, help="supervised on L + U")
+    ap.add_argument("--steps", type=int, default=400,
+                    help="optimiser steps of each supervised model (on L, and on L + U)")
+    ap.add_argument("--decay-at", type=float, default=0.7,
+                    help="supervised models: lr x0.1 after this fraction of their epochs")
     ap.add_argument("--k-per-round", type=int, default=0,
                     help="unlabelled slices per round (0: |U| / rounds, rounded up)")
     ap.add_argument("--rounds", type=int, default=5)
@@ -93,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = ["sup_L"] + [m for m in args.methods if m != "sup_L"]
     if args.quick:
         args.seeds = args.seeds[:1]
-        args.patients, args.epochs, args.full_epochs = 16, 4, 2
+        args.patients, args.steps = 16, 8
         args.rounds, args.epochs_per_round, args.final_epochs = 2, 1, 1
     return args
 
@@ -163,6 +165,33 @@ def pseudo_quality(prob_or_mask: Any, truth: Any) -> dict[str, float]:
             "n_pos": int(pos.sum()), "n": len(y)}
 
 
+TAUS = (0.97, 0.99, 0.995, 0.999)
+
+
+def confidence_vs_quality(prob: Any, truth: Any) -> dict[str, Any]:
+    """Does the filter's slice confidence ``mean max(p, 1 - p)`` rank pseudo masks by
+    quality? Spearman correlation with their Dice on nodule slices, and per ``tau`` the
+    share of slices kept and the pseudo Dice of the kept nodule slices."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from lungfuse.plugins.imaging_infnet.metrics import segmentation_metrics
+
+    y = torch.stack(list(truth)).float()
+    conf = torch.maximum(prob, 1 - prob).mean((1, 2))
+    dice = segmentation_metrics((prob >= 0.5).float(), y, n_thresholds=2)["dice"]
+    pos = (y > 0.5).flatten(1).any(1)
+    rho = spearmanr(conf[pos].numpy(), dice[pos].numpy()).statistic if pos.sum() > 2 \
+        else math.nan
+    at = {}
+    for tau in TAUS:
+        keep = conf >= tau
+        at[str(tau)] = {"kept": float(keep.float().mean()),
+                        "dice_pos": float(dice[keep & pos].mean()) if (keep & pos).any()
+                        else math.nan}
+    return {"spearman": float(rho), "conf_median": float(conf.median()), "at": at}
+
+
 def round_diagnostics(trainer: Any) -> list[dict[str, Any]]:
     """Per round: pseudo-label quality against the hidden masks, kept counts, val Dice."""
     import torch
@@ -187,6 +216,15 @@ def round_diagnostics(trainer: Any) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- one seed
+def budget(train: Any, n_slices: int, steps: int, decay_at: float) -> Any:
+    """Settings giving ``steps`` optimiser steps on ``n_slices`` (the loader drops the last
+    partial batch when there is more than one), lr x0.1 after ``decay_at`` of them."""
+    per_epoch = max(1, n_slices // train.batch_size) if n_slices > train.batch_size else 1
+    epochs = max(1, math.ceil(steps / per_epoch))
+    return train.model_copy(update={"epochs": epochs,
+                                    "lr_decay_every": max(1, round(decay_at * epochs))})
+
+
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     import torch
 
@@ -204,12 +242,13 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     cases = load_cohort(work / f"cohort_{seed}", args.preset, args.patients, seed)
     trn, val = split_patients(cases, args.val_fraction, seed)
     slices = SliceSettings(img_size=args.img_size)
-    train = TrainSettings(backbone=args.backbone, channel=args.channel, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, multiscale=[1.0],
-                          negatives_per_positive=0.5, val_fraction=0.0, seed=seed)
-    pool = build_pool(trn, slices, train.negatives_per_positive, seed)
-    vpool = build_pool(val, slices, train.negatives_per_positive, seed)
+    base_train = TrainSettings(backbone=args.backbone, channel=args.channel,
+                               batch_size=args.batch_size, lr=args.lr, multiscale=[1.0],
+                               negatives_per_positive=0.5, val_fraction=0.0, seed=seed)
+    pool = build_pool(trn, slices, base_train.negatives_per_positive, seed)
+    vpool = build_pool(val, slices, base_train.negatives_per_positive, seed)
     lab, cands = split_labelled(pool, args.labelled_fraction, seed)
+    train = budget(base_train, len(lab), args.steps, args.decay_at)
     val_patients = {c.patient_id or c.uid for c in val}
     trn_patients = sorted({c.patient_id or c.uid for c in trn})
     u_pos = sum(bool((c.hidden_mask > 0.5).any()) for c in cands)
@@ -217,7 +256,9 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         "seed": seed, "scans": len(cases), "train_patients": len(trn_patients),
         "val_patients": len(val_patients), "train_slices": len(pool), "L": len(lab),
         "L_pos": sum(it.source == "labelled" for it in lab), "U": len(cands), "U_pos": u_pos,
-        "val_slices": len(vpool), "data_s": time.perf_counter() - t0}
+        "val_slices": len(vpool), "epochs_L": train.epochs,
+        "epochs_LU": budget(base_train, len(pool), args.steps, args.decay_at).epochs,
+        "data_s": time.perf_counter() - t0}
     print(f"[seed {seed}] {info['scans']} scans, {info['train_patients']} training / "
           f"{info['val_patients']} validation patients; {len(pool)} training slices: "
           f"L = {len(lab)} ({info['L_pos']} with a nodule), U = {len(cands)} ({u_pos}); "
@@ -238,10 +279,15 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     base = module.model.eval()
     u_prob = predict_probs(base, torch.stack([c.image for c in cands]))
     base_q = pseudo_quality(u_prob, [c.hidden_mask for c in cands])
-    done("sup_L", base, t, pseudo_quality_on_U=base_q)
+    conf_q = confidence_vs_quality(u_prob, [c.hidden_mask for c in cands])
+    done("sup_L", base, t, pseudo_quality_on_U=base_q, confidence_on_U=conf_q)
     print(f"[seed {seed}]   its predictions on U as pseudo labels: Dice@0.5 on nodule slices "
           f"{base_q['pseudo_dice_pos']:.4f}, nodule-free slices with a false positive "
           f"{base_q['pseudo_fp_neg']:.2%}", flush=True)
+    print(f"[seed {seed}]   mean confidence vs pseudo Dice on nodule slices: Spearman "
+          f"{conf_q['spearman']:.3f}; " + ", ".join(
+              f"tau {tau}: keeps {v['kept']:.0%} (pseudo Dice {v['dice_pos']:.3f})"
+              for tau, v in conf_q["at"].items()), flush=True)
 
     k = args.k_per_round or math.ceil(len(cands) / args.rounds)
     for name, method in (("semi_progressive", "progressive"), ("semi_confidence", "confidence")):
@@ -272,7 +318,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 
     if "sup_LU" in args.methods:
         t = time.perf_counter()
-        full = train.model_copy(update={"epochs": args.full_epochs})
+        full = budget(base_train, len(pool), args.steps, args.decay_at)
         module, _ = fit(SlicePool(pool), None, slices, full, work / f"sup_LU_{seed}",
                         trn_patients, progress=False)
         done("sup_LU", module.model.eval(), t)
@@ -298,6 +344,26 @@ def score_state(trainer: Any, vpool: list[Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- report
+def setup(args: argparse.Namespace, results: list[dict[str, Any]], k: Any) -> str:
+    """One paragraph: data sizes (first seed) and every training setting."""
+    info = results[0]["info"]
+    n_pos = results[0]["methods"]["sup_L"]["n_val_pos"]
+    return (
+        f"Per seed: `{args.preset}` cohort of {args.patients} patients (seed = the seed), "
+        f"patient-level split {1 - args.val_fraction:.0%} / {args.val_fraction:.0%}; "
+        f"e.g. seed {info['seed']}: {info['train_slices']} training slices, "
+        f"L = {info['L']} labelled ({args.labelled_fraction:.0%}; {info['L_pos']} with a "
+        f"nodule), U = {info['U']} unlabelled ({info['U_pos']}), {info['val_slices']} "
+        f"validation slices ({n_pos}). {args.backbone} backbone, channel {args.channel}, "
+        f"{args.img_size} px, batch {args.batch_size}, no multi-scale; each supervised "
+        f"model {args.steps} optimiser steps (on L {info['epochs_L']} epochs, on L + U "
+        f"{info['epochs_LU']}; lr {args.lr}, x0.1 after {args.decay_at:.0%}); semi "
+        f"from the supervised-on-L model, {args.rounds} rounds of K = {k}, "
+        f"{args.epochs_per_round} epochs per round (lr {args.semi_lr}), closing fine-tune on "
+        f"L {args.final_epochs} epochs (lr {args.final_lr}); confidence: tau {args.tau}, "
+        f"ignore band {tuple(args.ignore_band)}, EMA decay {args.ema_decay}.")
+
+
 def _ms(vals: list[float]) -> str:
     vals = [v for v in vals if v == v]
     if not vals:
@@ -347,6 +413,20 @@ def diagnostics(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def confidence_table(results: list[dict[str, Any]]) -> str:
+    """Confidence filter applied to the supervised-on-L model's predictions on U."""
+    cs = [r["methods"]["sup_L"]["confidence_on_U"] for r in results]
+    head = " | ".join(f"tau {t}: kept, pseudo Dice" for t in TAUS)
+    lines = [f"| Spearman(confidence, pseudo Dice), nodule slices | median confidence | "
+             f"{head} |", "|---" * (2 + len(TAUS)) + "|"]
+    cells = [_ms([c["spearman"] for c in cs]), _ms([c["conf_median"] for c in cs])]
+    for t in TAUS:
+        cells.append(f"{_ms([c['at'][str(t)]['kept'] for c in cs])}, "
+                     f"{_ms([c['at'][str(t)]['dice_pos'] for c in cs])}")
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _pool_quality(rounds: list[dict[str, Any]]) -> dict[str, float]:
     """Slice-weighted pseudo quality over the progressive rounds' new slices."""
     rs = [r for r in rounds[1:] if r.get("n", 0)]
@@ -388,7 +468,6 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
     methods = [m for m in METHODS if m in args.methods]
-    info = results[0]["info"]
     k = results[0]["methods"].get("semi_progressive", results[0]["methods"].get(
         "semi_confidence", {})).get("k_per_round", "n/a")
     md = "\n".join([
@@ -399,18 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Wall time: {wall / 60:.1f} min for {len(args.seeds)} seed(s) "
         f"({', '.join(str(s) for s in args.seeds)}).",
         "",
-        f"Per seed: `{args.preset}` cohort of {args.patients} patients (seed = the seed), "
-        f"patient-level split {1 - args.val_fraction:.0%} / {args.val_fraction:.0%}; "
-        f"e.g. seed {info['seed']}: {info['train_slices']} training slices, "
-        f"L = {info['L']} labelled ({args.labelled_fraction:.0%}), U = {info['U']} "
-        f"unlabelled, {info['val_slices']} validation slices "
-        f"({results[0]['methods']['sup_L']['n_val_pos']} with a nodule). {args.backbone} "
-        f"backbone, channel {args.channel}, {args.img_size} px, batch {args.batch_size}; supervised on L {args.epochs} epochs "
-        f"(lr {args.lr}), on L + U {args.full_epochs} epochs; semi from the supervised-on-L "
-        f"model, {args.rounds} rounds of K = {k}, {args.epochs_per_round} epochs per round "
-        f"(lr {args.semi_lr}), closing fine-tune on L {args.final_epochs} epochs "
-        f"(lr {args.final_lr}); confidence: tau {args.tau}, ignore band "
-        f"{tuple(args.ignore_band)}, EMA decay {args.ema_decay}.",
+        setup(args, results, k),
         "",
         "Validation nodule slices, mean ± sd over seeds:",
         "",
@@ -419,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
         "Diagnostics (mean ± sd over seeds; kept counts per seed):",
         "",
         diagnostics(results),
+        "",
+        "The confidence filter on the supervised-on-L model's predictions of U (slice "
+        "confidence = mean over pixels of max(p, 1 - p); kept = share of U; pseudo Dice = "
+        "Dice@0.5 of the kept nodule slices against their hidden masks):",
+        "",
+        confidence_table(results),
         "",
     ])
     out_md, out_json = args.out.with_suffix(".md"), args.out.with_suffix(".json")
