@@ -41,7 +41,7 @@ def render_counts(html_path: Path, timeout: float = 60.0) -> tuple[int, int]:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
              probe_page.as_uri()],
-            capture_output=True, text=True, timeout=timeout)
+            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
     probe_page.unlink(missing_ok=True)
     m = re.search(r"LFPROBE images=(\d+) loaded=(\d+)", res.stdout)
     if not m:
