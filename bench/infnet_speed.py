@@ -9,7 +9,10 @@ Phases run in separate processes so each reports its own peak RSS:
   freezing), batch 8, and variants: batch 1, without freezing, without compile;
 * ``train``: training slices/s (forward + loss + backward + Adam step, float32, batch 4);
 * ``dice``: a small Inf-Net (``test_resnet`` backbone) trained briefly on a synthetic CT
-  split, Dice@0.5 of float32 vs the fast path on the held-out scans.
+  split, Dice@0.5 of float32 vs the fast path on the held-out scans;
+* ``roofline``: what this machine's matrix multiply reaches in float32 and bf16 (4096²),
+  so each figure can be read as a share of what the CPU can do: the same network runs at
+  very different speeds on hosts with and without bf16 matrix units.
 
 Usage: ``python bench/infnet_speed.py [--quick]``; writes ``bench/results/infnet_speed.md``.
 """
@@ -55,11 +58,22 @@ def phase_eager(quick: bool) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         m(x)
     gflop = fc.get_total_flops() / 1e9
+    n = 3 if quick else 10
     with torch.no_grad():
-        dt = _timeit(lambda: m(x), 3 if quick else 10, 2)
+        dt = _timeit(lambda: m(x), n, 2)
+    # lungfuse's float32 path (fast path off): the same network and arithmetic, channels_last
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+
+    p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE), FastPath(enabled=False))
+    x01 = torch.rand(1, 3, SIZE, SIZE)
+    dt_cl = _timeit(lambda: p.predict(x01), n, 2)
+    with torch.no_grad():  # and the plain layout once more, in case the machine drifted
+        dt2 = _timeit(lambda: m(x), n, 1)
     return {"params": m.num_parameters(True), "params_no_fc": m.num_parameters(),
-            "gflop_per_slice": gflop, "eager_fp32_b1_slices_s": 1 / dt,
-            "peak_rss_mb": _peak_mb()}
+            "gflop_per_slice": gflop, "eager_fp32_b1_slices_s": 2 / (dt + dt2),
+            "eager_fp32_b1_first_last_s": [dt, dt2],
+            "lungfuse_fp32_cl_b1_slices_s": 1 / dt_cl, "peak_rss_mb": _peak_mb()}
 
 
 def phase_fast(quick: bool) -> dict:
@@ -164,7 +178,20 @@ def phase_dice(quick: bool) -> dict:
             "np_version": np.__version__}
 
 
-PHASES = {"eager": phase_eager, "fast": phase_fast, "train": phase_train, "dice": phase_dice}
+def phase_roofline(quick: bool) -> dict:
+    import torch
+
+    out = {}
+    n = 4096
+    for name, dtype, reps in (("fp32", torch.float32, 3), ("bf16", torch.bfloat16, 6)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        dt = _timeit(lambda a=a, b=b: a @ b, 1 if quick else reps, 2)
+        out[f"matmul_{name}_gflop_s"] = 2 * n**3 / dt / 1e9
+    return out
+
+
+PHASES = {"eager": phase_eager, "fast": phase_fast, "train": phase_train, "dice": phase_dice,
+          "roofline": phase_roofline}
 
 
 def _run_phase(name: str, quick: bool) -> dict:
@@ -184,7 +211,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=list(PHASES))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--phases", default="eager,fast,train,dice")
+    ap.add_argument("--phases", default="roofline,eager,fast,train,dice")
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.quick)))
@@ -197,8 +224,11 @@ def main() -> None:
         results[ph] = _run_phase(ph, args.quick)
         print(ph, json.dumps(results[ph], indent=1), flush=True)
     load_after = os.getloadavg()
-    e, f, tr, d = (results.get(k, {}) for k in ("eager", "fast", "train", "dice"))
+    e, f, tr, d, rf = (results.get(k, {}) for k in ("eager", "fast", "train", "dice", "roofline"))
     base = e.get("eager_fp32_b1_slices_s")
+    cl32 = e.get("lungfuse_fp32_cl_b1_slices_s")
+    gflop = e.get("gflop_per_slice")
+    peak32, peak16 = rf.get("matmul_fp32_gflop_s"), rf.get("matmul_bf16_gflop_s")
 
     def fmt(v, nd=2):
         return f"{v:.{nd}f}" if isinstance(v, int | float) else "n/a"
@@ -220,11 +250,14 @@ def main() -> None:
         f"| parameters (with unused resnet.fc, as the reference) | {e.get('params', 'n/a')} |",
         f"| parameters (lungfuse model, no classifier) | {e.get('params_no_fc', 'n/a')} |",
         f"| GFLOP per 352² slice (flop_counter) | {fmt(e.get('gflop_per_slice'))} |",
-        f"| float32 eager, batch 1 (slices/s) | {fmt(base)} |",
+        f"| float32 eager, batch 1, NCHW as the reference (slices/s) | {fmt(base)} |",
+        f"| float32 eager, batch 1, channels_last: lungfuse's float32 path (`fast.enabled: "
+        f"false`) (slices/s) | {fmt(cl32)} |",
         f"| fast path: compile (freezing) + bf16 + channels_last, batch 8 (slices/s) | "
         f"{fmt(fast)} |",
-        f"| fast path speed-up over float32 eager b1 | "
-        f"{fmt(fast / base if fast and base else None)}x |",
+        f"| fast path speed-up over float32 eager b1: NCHW / channels_last | "
+        f"{fmt(fast / base if fast and base else None)}x / "
+        f"{fmt(fast / cl32 if fast and cl32 else None)}x |",
     ]
     for k, v in f.items():
         if k.endswith("_slices_s") and not k.startswith("fast_compile_bf16_cl_b8"):
@@ -234,6 +267,18 @@ def main() -> None:
         if k.endswith("_first_call_s"):
             lines.append(f"| {k.removesuffix('_first_call_s').replace('_', ' ')}: first call "
                          f"incl. compile (s) | {fmt(v, 1)} |")
+    if peak32 and peak16 and gflop and base and fast:
+        lines += [
+            f"| matmul 4096², float32 / bf16 (GFLOP/s) | {peak32:.0f} / {peak16:.0f} |",
+            f"| float32 eager b1: GFLOP/s, share of the float32 matmul | {base * gflop:.0f}, "
+            f"{base * gflop / peak32:.0%} |",
+            f"| float32 channels_last b1: GFLOP/s, share of the float32 matmul | "
+            f"{cl32 * gflop:.0f}, {cl32 * gflop / peak32:.0%} |" if cl32 else "| | |",
+            f"| fast path b8: GFLOP/s, share of the bf16 matmul | {fast * gflop:.0f}, "
+            f"{fast * gflop / peak16:.0%} |",
+            f"| bf16 ceiling here: bf16 matmul / GFLOP per slice (slices/s) | "
+            f"{peak16 / gflop:.1f} |",
+        ]
     lines += [
         f"| training, float32, batch 4 (slices/s) | {fmt(tr.get('train_fp32_b4_slices_s'))} |",
         f"| peak RSS: eager inference (MB) | {fmt(e.get('peak_rss_mb'), 0)} |",
@@ -254,9 +299,10 @@ def main() -> None:
         f"{fmt(abs(d['mean_dice_fp32'] - d['mean_dice_fast']) if 'dice_fp32' in d else None, 4)} |",
         f"| max abs probability difference | | | {fmt(d.get('max_abs_prob_diff'), 4)} |",
         "",
-        "Reference (issue 8): original network 5.6 slices/s float32 eager b1 on this CPU; "
-        "17.5 slices/s batch 1 and 3.8x under compile + bf16 + channels_last at batch 8; "
-        "27.7 GFLOP/slice; ceiling about 32 slices/s.",
+        "Reference figures (issue 8), from a machine whose bf16 matmul the issue puts near 900 GFLOP/s: "
+        "original network 5.6 slices/s float32 eager b1; 17.5 slices/s batch 1 and 3.8x "
+        "under compile + bf16 + channels_last at batch 8; 27.7 GFLOP/slice; ceiling about "
+        "32 slices/s. Compare shares of the matmul peak across hosts, not slices/s.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

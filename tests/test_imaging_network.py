@@ -134,3 +134,32 @@ def test_fast_path_matches_float32_and_keeps_a_static_batch() -> None:
     assert got.shape == want.shape == (5, 64, 64) and got.dtype == torch.float32
     assert float((got - want).abs().max()) < 0.05
     assert float(((got > 0.5) != (want > 0.5)).float().mean()) < 0.01
+
+
+def test_float32_path_is_channels_last_and_can_leave_the_model_alone() -> None:
+    """With the fast path off, inference is float32 in channels_last by default: the same
+    probabilities as the plain network, and embeddings too; ``channels_last: false`` (used
+    on a model still in training) leaves its memory layout untouched."""
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.dataset import standardise
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+
+    torch.manual_seed(2)
+    s = SliceSettings(img_size=64)
+    x = torch.rand(3, 3, 64, 64)
+    plain = InfNet("test_resnet", channel=8).eval()
+    with torch.no_grad():
+        want = torch.sigmoid(plain(standardise(x, plain.input_mean, plain.input_std))[3][:, 0])
+        want_emb = plain.embed(standardise(x, plain.input_mean, plain.input_std))
+    net = InfNet("test_resnet", channel=8)
+    net.load_state_dict(plain.state_dict())
+    p = Predictor(net, s, FastPath(enabled=False))
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(p.predict(x), want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p.embed(x), want_emb, atol=1e-5, rtol=1e-4)
+
+    kept = InfNet("test_resnet", channel=8)
+    Predictor(kept, s, FastPath(enabled=False, channels_last=False)).predict(x)
+    conv = next(m for m in kept.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)

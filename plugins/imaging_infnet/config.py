@@ -68,7 +68,8 @@ class FastPath(_Section):
                          "as constants: BatchNorm folded into convolutions, weights "
                          "pre-packed); inference only.")
     bf16: bool = True
-    channels_last: bool = True
+    channels_last: bool = Field(default=True, description="channels_last memory layout; "
+                                "also used with the fast path off (float32, eager).")
     batch_size: int = Field(default=8, ge=1)
 
 
