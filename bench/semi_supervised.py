@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="closing fine-tune on L (0: none)")
     ap.add_argument("--final-lr", type=float, default=1e-4)
     ap.add_argument("--tau", type=float, default=0.97)
+    ap.add_argument("--confidence-over", choices=["slice", "foreground"], default="slice",
+                    help="pixels the confidence filter averages over (SemiSettings)")
     ap.add_argument("--ignore-band", type=float, nargs=2, default=[0.2, 0.8])
     ap.add_argument("--ema-decay", type=float, default=0.95)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
@@ -166,30 +168,36 @@ def pseudo_quality(prob_or_mask: Any, truth: Any) -> dict[str, float]:
 
 
 TAUS = (0.97, 0.99, 0.995, 0.999)
+TAUS_FG = (0.8, 0.85, 0.9, 0.95)  # the foreground mean lives on a lower scale
 
 
-def confidence_vs_quality(prob: Any, truth: Any) -> dict[str, Any]:
-    """Does the filter's slice confidence ``mean max(p, 1 - p)`` rank pseudo masks by
-    quality? Spearman correlation with their Dice on nodule slices, and per ``tau`` the
-    share of slices kept and the pseudo Dice of the kept nodule slices."""
+def confidence_vs_quality(prob: Any, truth: Any, over: str = "slice", lo: float = 0.2,
+                          taus: tuple[float, ...] = TAUS) -> dict[str, Any]:
+    """Does the filter's slice confidence (``mean max(p, 1 - p)`` over every pixel, or over
+    the pixels with ``p > lo``) rank pseudo masks by quality? Spearman correlation with
+    their Dice on nodule slices, and per ``tau`` the share of slices kept and the pseudo
+    Dice of the kept nodule slices."""
     import torch
     from scipy.stats import spearmanr
 
     from lungfuse.plugins.imaging_infnet.metrics import segmentation_metrics
+    from lungfuse.plugins.imaging_infnet.semi import slice_confidence
 
     y = torch.stack(list(truth)).float()
-    conf = torch.maximum(prob, 1 - prob).mean((1, 2))
+    conf = slice_confidence(prob, over, lo)
     dice = segmentation_metrics((prob >= 0.5).float(), y, n_thresholds=2)["dice"]
     pos = (y > 0.5).flatten(1).any(1)
-    rho = spearmanr(conf[pos].numpy(), dice[pos].numpy()).statistic if pos.sum() > 2 \
+    ok = pos & ~torch.isnan(conf)  # foreground: slices predicted empty have no confidence
+    rho = spearmanr(conf[ok].numpy(), dice[ok].numpy()).statistic if ok.sum() > 2 \
         else math.nan
     at = {}
-    for tau in TAUS:
+    for tau in taus:
         keep = conf >= tau
         at[str(tau)] = {"kept": float(keep.float().mean()),
                         "dice_pos": float(dice[keep & pos].mean()) if (keep & pos).any()
                         else math.nan}
-    return {"spearman": float(rho), "conf_median": float(conf.median()), "at": at}
+    return {"spearman": float(rho), "conf_median": float(conf.nanmedian()), "at": at,
+            "scored": float((~torch.isnan(conf)).float().mean())}
 
 
 def round_diagnostics(trainer: Any) -> list[dict[str, Any]]:
@@ -280,7 +288,10 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     u_prob = predict_probs(base, torch.stack([c.image for c in cands]))
     base_q = pseudo_quality(u_prob, [c.hidden_mask for c in cands])
     conf_q = confidence_vs_quality(u_prob, [c.hidden_mask for c in cands])
-    done("sup_L", base, t, pseudo_quality_on_U=base_q, confidence_on_U=conf_q)
+    conf_fg = confidence_vs_quality(u_prob, [c.hidden_mask for c in cands], "foreground",
+                                    args.ignore_band[0], TAUS_FG)
+    done("sup_L", base, t, pseudo_quality_on_U=base_q, confidence_on_U=conf_q,
+         foreground_confidence_on_U=conf_fg)
     print(f"[seed {seed}]   its predictions on U as pseudo labels: Dice@0.5 on nodule slices "
           f"{base_q['pseudo_dice_pos']:.4f}, nodule-free slices with a false positive "
           f"{base_q['pseudo_fp_neg']:.2%}", flush=True)
@@ -288,6 +299,11 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
           f"{conf_q['spearman']:.3f}; " + ", ".join(
               f"tau {tau}: keeps {v['kept']:.0%} (pseudo Dice {v['dice_pos']:.3f})"
               for tau, v in conf_q["at"].items()), flush=True)
+    print(f"[seed {seed}]   foreground confidence (p > {args.ignore_band[0]}) vs pseudo Dice: "
+          f"Spearman {conf_fg['spearman']:.3f}, median {conf_fg['conf_median']:.3f}, "
+          f"{conf_fg['scored']:.0%} of U predicted non-empty; " + ", ".join(
+              f"tau {tau}: keeps {v['kept']:.0%} (pseudo Dice {v['dice_pos']:.3f})"
+              for tau, v in conf_fg["at"].items()), flush=True)
 
     k = args.k_per_round or math.ceil(len(cands) / args.rounds)
     for name, method in (("semi_progressive", "progressive"), ("semi_confidence", "confidence")):
@@ -298,6 +314,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
                             epochs_per_round=args.epochs_per_round, lr=args.semi_lr,
                             batch_size=args.batch_size, final_epochs=args.final_epochs,
                             final_lr=args.final_lr, tau=args.tau,
+                            confidence_over=args.confidence_over,
                             ignore_band=tuple(args.ignore_band),
                             ema_decay=args.ema_decay if method == "confidence" else None)
         # validation patients play the test patients: none of their slices may be pseudo
@@ -360,7 +377,7 @@ def setup(args: argparse.Namespace, results: list[dict[str, Any]], k: Any) -> st
         f"{info['epochs_LU']}; lr {args.lr}, x0.1 after {args.decay_at:.0%}); semi "
         f"from the supervised-on-L model, {args.rounds} rounds of K = {k}, "
         f"{args.epochs_per_round} epochs per round (lr {args.semi_lr}), closing fine-tune on "
-        f"L {args.final_epochs} epochs (lr {args.final_lr}); confidence: tau {args.tau}, "
+        f"L {args.final_epochs} epochs (lr {args.final_lr}); confidence: tau {args.tau} over {args.confidence_over}, "
         f"ignore band {tuple(args.ignore_band)}, EMA decay {args.ema_decay}.")
 
 
@@ -413,14 +430,17 @@ def diagnostics(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def confidence_table(results: list[dict[str, Any]]) -> str:
+def confidence_table(results: list[dict[str, Any]], key: str = "confidence_on_U",
+                     taus: tuple[float, ...] = TAUS) -> str:
     """Confidence filter applied to the supervised-on-L model's predictions on U."""
-    cs = [r["methods"]["sup_L"]["confidence_on_U"] for r in results]
-    head = " | ".join(f"tau {t}: kept, pseudo Dice" for t in TAUS)
+    cs = [r["methods"]["sup_L"][key] for r in results if key in r["methods"]["sup_L"]]
+    if not cs:
+        return ""
+    head = " | ".join(f"tau {t}: kept, pseudo Dice" for t in taus)
     lines = [f"| Spearman(confidence, pseudo Dice), nodule slices | median confidence | "
-             f"{head} |", "|---" * (2 + len(TAUS)) + "|"]
+             f"{head} |", "|---" * (2 + len(taus)) + "|"]
     cells = [_ms([c["spearman"] for c in cs]), _ms([c["conf_median"] for c in cs])]
-    for t in TAUS:
+    for t in taus:
         cells.append(f"{_ms([c['at'][str(t)]['kept'] for c in cs])}, "
                      f"{_ms([c['at'][str(t)]['dice_pos'] for c in cs])}")
     lines.append("| " + " | ".join(cells) + " |")
@@ -493,6 +513,12 @@ def main(argv: list[str] | None = None) -> None:
         "Dice@0.5 of the kept nodule slices against their hidden masks):",
         "",
         confidence_table(results),
+        "",
+        "The same over the foreground only (`confidence_over: foreground`: the mean of "
+        f"max(p, 1 - p) over the pixels with p > {args.ignore_band[0]}; a slice predicted "
+        "empty is never kept):",
+        "",
+        confidence_table(results, "foreground_confidence_on_U", TAUS_FG),
         "",
     ])
     out_md, out_json = args.out.with_suffix(".md"), args.out.with_suffix(".json")

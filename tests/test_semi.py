@@ -201,6 +201,23 @@ def _candidate(i: int, prob: torch.Tensor) -> Candidate:
     return Candidate(f"c{i}", f"Q{i}", 0, prob.expand(3, -1, -1).half())
 
 
+def _run_on_maps(monkeypatch: pytest.MonkeyPatch, maps: dict[str, torch.Tensor],
+                 settings: SemiSettings, tmp_path: Path) -> tuple[SemiTrainer, FitRecorder]:
+    """Semi rounds where the labeller "predicts" each candidate's given probability map
+    (candidate ``c{i}`` carries ``maps[f"c{i}"]`` as its image) and training is recorded."""
+    s = next(iter(maps.values())).shape[-1]
+    cands = [_candidate(i, maps[f"c{i}"]) for i in range(len(maps))]
+    labelled = SlicePool([SliceItem(torch.rand(3, s, s).half(), torch.zeros(s, s).half(),
+                                    uid="lab", patient_id="L", z=0)])
+    monkeypatch.setattr(semi_mod, "predict_probs", lambda model, x, **kw: x[:, 0].float())
+    net = InfNet("test_resnet", channel=8)
+    rec = FitRecorder(inner=lambda *a, **k: (SimpleNamespace(model=net), None))
+    tr = SemiTrainer(labelled, cands, None, SliceSettings(img_size=s), TRAIN, settings,
+                     tmp_path / "state", ["L"], progress=False, fit_fn=rec)
+    tr.run()
+    return tr, rec
+
+
 def test_confidence_drops_unsure_slices_and_ignores_the_band(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s = 32
@@ -215,17 +232,9 @@ def test_confidence_drops_unsure_slices_and_ignores_the_band(
     tau = 0.9
     kept = {k for k, c in conf.items() if c >= tau}
     assert kept == {"c0", "c2", "c3"}  # the design: two below tau
-    cands = [_candidate(i, maps[f"c{i}"]) for i in range(5)]
-    labelled = SlicePool([SliceItem(torch.rand(3, s, s).half(), torch.zeros(s, s).half(),
-                                    uid="lab", patient_id="L", z=0)])
-    monkeypatch.setattr(semi_mod, "predict_probs", lambda model, x, **kw: x[:, 0].float())
-    net = InfNet("test_resnet", channel=8)
-    rec = FitRecorder(inner=lambda *a, **k: (SimpleNamespace(model=net), None))
     settings = SemiSettings(method="confidence", tau=tau, ignore_band=(0.2, 0.8),
                             k_per_round=3, rounds=2, epochs_per_round=1, final_epochs=0)
-    tr = SemiTrainer(labelled, cands, None, SliceSettings(img_size=s), TRAIN, settings,
-                     tmp_path / "state", ["L"], progress=False, fit_fn=rec)
-    tr.run()
+    tr, rec = _run_on_maps(monkeypatch, maps, settings, tmp_path)
     # round 1 re-labels order[:3], round 2 order[:5]; each replaces the previous pseudo set
     for r, n in ((1, 3), (2, 5)):
         exp = [q for q in tr.order[:n] if q.split(":")[0] in kept]
@@ -251,6 +260,36 @@ def test_confidence_drops_unsure_slices_and_ignores_the_band(
     torch.testing.assert_close(a, b)
     c, _ = infnet_loss((moved,) * 5, batch["mask"], batch["edge"])
     assert abs(float(c - a)) > 1e-3
+
+
+def test_foreground_confidence_keeps_crisp_nodules_not_empty_slices(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``confidence_over: foreground`` scores a slice by its predicted nodule only: a crisp
+    nodule is kept; an empty prediction (what a missed nodule looks like) and a blurry one,
+    both of which the whole-slice mean keeps, are not."""
+    s = 32
+    crisp = torch.full((s, s), 0.02)
+    crisp[4:12, 4:12] = 0.99
+    empty = torch.full((s, s), 0.05)
+    blurry = torch.full((s, s), 0.02)
+    blurry[4:12, 4:12] = 0.6
+    haloed = crisp.clone()
+    haloed[12:20, 4:12] = 0.3  # as many unsure pixels around the nodule as inside it
+    maps = {"c0": crisp, "c1": empty, "c2": blurry, "c3": haloed}
+    probs = torch.stack(list(maps.values()))
+    whole = semi_mod.slice_confidence(probs, "slice")
+    fg = semi_mod.slice_confidence(probs, "foreground", 0.2)
+    assert bool((whole >= 0.9).all())  # the whole-slice mean keeps every one of them
+    torch.testing.assert_close(fg[[0, 2, 3]], torch.tensor([0.99, 0.6, (0.99 + 0.7) / 2]))
+    assert bool(torch.isnan(fg[1]))
+    with pytest.raises(ValueError, match="foreground"):
+        semi_mod.slice_confidence(probs, "pixels")
+
+    settings = SemiSettings(method="confidence", tau=0.9, confidence_over="foreground",
+                            k_per_round=4, rounds=1, epochs_per_round=1, final_epochs=0)
+    tr, _ = _run_on_maps(monkeypatch, maps, settings, tmp_path)
+    assert {it.uid for it in tr.pool if it.source == "pseudo"} == {"c0"}
+    assert tr.history[1].kept == 1
 
 
 def test_ema_teacher_update() -> None:

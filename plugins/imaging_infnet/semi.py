@@ -11,7 +11,9 @@ trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
 * **confidence** (filtered, refreshed). Round ``r`` re-labels all of ``U[:rK]`` with the
   teacher (the student, or its exponential moving average ``θ_T <- d θ_T + (1 - d) θ_S``
   after every optimiser step when ``ema_decay = d``), keeps slice ``i`` only when its mean
-  confidence ``c_i = mean_px max(p, 1 - p) >= τ``, gives weight 0 to pixels with
+  confidence ``c_i = mean_px max(p, 1 - p) >= τ`` (``confidence_over: foreground``: the
+  mean over the pixels with ``p > lo`` only, see :func:`slice_confidence`), gives weight 0
+  to pixels with
   ``lo < p < hi`` (the uncertain band) so the loss ignores them, and replaces the previous
   round's pseudo set with this one.
 
@@ -161,6 +163,25 @@ def predict_probs(model: InfNet, images01: Tensor, batch_size: int = 32) -> Tens
     out = pred.predict(images01.float())
     model.train(was_training)
     return out
+
+
+def slice_confidence(prob: Tensor, over: str = "slice", lo: float = 0.2) -> Tensor:
+    """Per-slice confidence ``(n,)`` of probability maps ``(n, H, W)``.
+
+    ``slice``: ``mean max(p, 1 - p)`` over every pixel, which the background dominates.
+    ``foreground``: the same mean over the pixels the model thinks may be nodule
+    (``p > lo``): high when the predicted nodule is crisp. A slice with no such pixel gets
+    NaN, which no ``tau`` keeps: a confidently empty mask is what a missed nodule looks like.
+    """
+    c = torch.maximum(prob, 1 - prob)
+    if over == "slice":
+        return c.mean((1, 2))
+    if over != "foreground":
+        raise ValueError(f"confidence over {over!r}: expected 'slice' or 'foreground'")
+    fg = prob > lo
+    n = fg.sum((1, 2))
+    mean = (c * fg).sum((1, 2)) / n.clamp(min=1)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
 
 
 def pool_dice(model: InfNet, pool: Sequence[SliceItem], positives_only: bool = False) -> float:
@@ -387,9 +408,9 @@ class SemiTrainer:
         prob = predict_probs(labeller, x)
         weights = None
         if s.method == "confidence":
-            conf = torch.maximum(prob, 1 - prob).mean((1, 2))
-            keep = (conf >= s.tau).nonzero().flatten().tolist()
             lo, hi = s.ignore_band
+            conf = slice_confidence(prob, s.confidence_over, lo)
+            keep = (conf >= s.tau).nonzero().flatten().tolist()
             w = ((prob <= lo) | (prob >= hi)).float()
             keys = [keys[i] for i in keep]
             cands = [cands[i] for i in keep]

@@ -20,8 +20,10 @@ class SemiSettings(BaseModel):
     slices with the current model, adds them with their pseudo masks to the pool for good,
     and fine-tunes. ``confidence``: each round re-labels every unlabelled slice taken so far
     (``round * k_per_round``) with the teacher, keeps a slice when its mean confidence
-    ``mean(max(p, 1 - p)) >= tau``, ignores pixels with ``ignore_band[0] < p <
-    ignore_band[1]`` in the loss, and replaces the previous round's pseudo set.
+    ``mean(max(p, 1 - p)) >= tau`` (over all its pixels, or over those with
+    ``p > ignore_band[0]`` with ``confidence_over: foreground``), ignores pixels with
+    ``ignore_band[0] < p < ignore_band[1]`` in the loss, and replaces the previous round's
+    pseudo set.
     Both finish with a fine-tune on the labelled slices only.
     """
 
@@ -41,6 +43,11 @@ class SemiSettings(BaseModel):
                               "(else the predicted probabilities are the targets).")
     tau: float = Field(default=0.97, gt=0.5, le=1.0,
                        description="confidence: keep slices with mean max(p, 1-p) >= tau.")
+    confidence_over: Literal["slice", "foreground"] = Field(
+        default="slice", description="confidence: the pixels the slice confidence averages "
+        "over. 'slice': all of them (background dominates, and a missed nodule is a "
+        "confidently empty mask); 'foreground': those with p > ignore_band[0], so a slice is "
+        "kept when its predicted nodule is crisp, and a slice predicted empty is never kept.")
     ignore_band: tuple[float, float] = Field(
         default=(0.2, 0.8), description="confidence: pixels with p strictly inside are "
         "ignored by the loss.")
