@@ -61,7 +61,7 @@ def phase_eager(quick: bool) -> dict:
     n = 3 if quick else 10
     with torch.no_grad():
         dt = _timeit(lambda: m(x), n, 2)
-    # lungfuse's float32 path (fast path off): the same network and arithmetic, channels_last
+    # lungfuse's float32 path (fast path off): the same network, BatchNorm folded, channels_last
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
     from lungfuse.plugins.imaging_infnet.infer import Predictor
 
@@ -251,7 +251,7 @@ def main() -> None:
         f"| parameters (lungfuse model, no classifier) | {e.get('params_no_fc', 'n/a')} |",
         f"| GFLOP per 352² slice (flop_counter) | {fmt(e.get('gflop_per_slice'))} |",
         f"| float32 eager, batch 1, NCHW as the reference (slices/s) | {fmt(base)} |",
-        f"| float32 eager, batch 1, channels_last: lungfuse's float32 path (`fast.enabled: "
+        f"| float32 eager, batch 1, channels_last + BatchNorm folded: lungfuse's float32 path (`fast.enabled: "
         f"false`) (slices/s) | {fmt(cl32)} |",
         f"| fast path: compile (freezing) + bf16 + channels_last, batch 8 (slices/s) | "
         f"{fmt(fast)} |",

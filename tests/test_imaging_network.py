@@ -136,30 +136,42 @@ def test_fast_path_matches_float32_and_keeps_a_static_batch() -> None:
     assert float(((got > 0.5) != (want > 0.5)).float().mean()) < 0.01
 
 
-def test_float32_path_is_channels_last_and_can_leave_the_model_alone() -> None:
-    """With the fast path off, inference is float32 in channels_last by default: the same
-    probabilities as the plain network, and embeddings too; ``channels_last: false`` (used
-    on a model still in training) leaves its memory layout untouched."""
+def test_float32_path_folds_batchnorm_on_a_copy_in_channels_last() -> None:
+    """With the fast path off, inference runs a private copy of the network with every
+    BatchNorm folded into its convolution, in channels_last: the probabilities and
+    embeddings of the plain network, and the caller's model left as it was."""
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
     from lungfuse.plugins.imaging_infnet.dataset import standardise
     from lungfuse.plugins.imaging_infnet.infer import Predictor
 
     torch.manual_seed(2)
+    net = InfNet("test_resnet", channel=8).eval()
+    for m in net.modules():  # non-trivial statistics, so a wrong fold shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     s = SliceSettings(img_size=64)
     x = torch.rand(3, 3, 64, 64)
-    plain = InfNet("test_resnet", channel=8).eval()
+    xs = standardise(x, net.input_mean, net.input_std)
     with torch.no_grad():
-        want = torch.sigmoid(plain(standardise(x, plain.input_mean, plain.input_std))[3][:, 0])
-        want_emb = plain.embed(standardise(x, plain.input_mean, plain.input_std))
-    net = InfNet("test_resnet", channel=8)
-    net.load_state_dict(plain.state_dict())
+        want = torch.sigmoid(net(xs)[3][:, 0])
+        want_emb = net.embed(xs)
     p = Predictor(net, s, FastPath(enabled=False))
-    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert p.model is not net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in p.model.modules())
+    conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d)
+                and m.kernel_size == (3, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(p.predict(x), want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p.embed(x), want_emb, atol=1e-5, rtol=1e-4)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert all(v.is_contiguous() for v in after.values())
 
-    kept = InfNet("test_resnet", channel=8)
-    Predictor(kept, s, FastPath(enabled=False, channels_last=False)).predict(x)
-    conv = next(m for m in kept.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
-    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = Predictor(net, s, FastPath(enabled=False, fold_batchnorm=False, channels_last=False))
+    assert plain.model is net
+    torch.testing.assert_close(plain.predict(x), want)

@@ -70,6 +70,9 @@ class FastPath(_Section):
     bf16: bool = True
     channels_last: bool = Field(default=True, description="channels_last memory layout; "
                                 "also used with the fast path off (float32, eager).")
+    fold_batchnorm: bool = Field(default=True, description="Eager inference (fast path off, "
+                                 "or compile off): run a copy of the network with BatchNorm "
+                                 "folded into the convolutions.")
     batch_size: int = Field(default=8, ge=1)
 
 

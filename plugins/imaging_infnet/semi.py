@@ -159,7 +159,7 @@ def predict_probs(model: InfNet, images01: Tensor, batch_size: int = 32) -> Tens
 
     was_training = model.training
     pred = Predictor(model, SliceSettings(img_size=images01.shape[-1]),
-                     FastPath(enabled=False, channels_last=False, batch_size=batch_size))
+                     FastPath(enabled=False, batch_size=batch_size))
     out = pred.predict(images01.float())
     model.train(was_training)
     return out
