@@ -272,7 +272,7 @@ def main() -> None:
             f"| matmul 4096², float32 / bf16 (GFLOP/s) | {peak32:.0f} / {peak16:.0f} |",
             f"| float32 eager b1: GFLOP/s, share of the float32 matmul | {base * gflop:.0f}, "
             f"{base * gflop / peak32:.0%} |",
-            f"| float32 channels_last b1: GFLOP/s, share of the float32 matmul | "
+            f"| lungfuse float32 path b1: GFLOP/s, share of the float32 matmul | "
             f"{cl32 * gflop:.0f}, {cl32 * gflop / peak32:.0%} |" if cl32 else "| | |",
             f"| fast path b8: GFLOP/s, share of the bf16 matmul | {fast * gflop:.0f}, "
             f"{fast * gflop / peak16:.0%} |",
