@@ -539,7 +539,7 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
                                                f"change in {unit}"), "")]))
     gene_mods = set(first.get("gene_modalities", ()))
     others = [i for i in s["top_features"] if i["modality"] not in gene_mods]
-    for items, title in ((s["top_genes"], "Top genes"), (others, "Other top features")):
+    for items, title in ((s["top_genes"], "Top genomic features"), (others, "Other top features")):
         if not items:
             continue
         lab = [f"{i['feature']} ({i['modality']})" for i in items]
@@ -672,6 +672,6 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
         miss = f" (missing: {', '.join(s['missing'])})" if s["missing"] else ""
         genes = ", ".join(g["feature"] for g in s["top_genes"][:3])
         click.echo(f"{s['patient_id']}: risk {s['risk']:.3f} ± {s['uncertainty']:.3f}{miss}"
-                   + (f"; top genes {genes}" if genes else ""))
+                   + (f"; top genomic features {genes}" if genes else ""))
     click.echo(f"scoring folder: {res.folder}"
                + ("" if no_report else f" (report: {res.folder / 'report.html'})"))
