@@ -17,13 +17,21 @@ predicts. The patient gets:
   ``feature_kind = "gene"`` modalities are the genes;
 * **the segmented nodule** on its CT slice, for CT modalities.
 
-A modality missing for a patient (no data, or data that cannot be read) is left out of
-that patient's prediction, not imputed, and the page says what was missing and why.
+A modality absent for a patient (no data in its configured sources) is left out of that
+patient's prediction, not imputed, and the page says what was missing and why. Data
+*given* for the patient (a config of their own from the modality's ``scoring_config``,
+e.g. the CT of the scoring input) that cannot be used is not an absence: the patient is
+not scored (``status: "error"`` with the reason, a page saying what failed) and the
+others still are. Every fold model the run trained must be there: a missing or damaged
+one is an error naming the file, never a risk from the others.
 
 Scoring folder (written to a temporary folder and renamed when complete)::
 
     scores.parquet  scores.json  scores_by_model.parquet  attributions.parquet
-    report.html  patients/<patient_id>.html  score.log
+    report.html  patients/<page>.html  score.log
+
+``<page>`` is the patient id where that is a plain, short file name, otherwise a
+sanitised prefix and a hash of the id (``_page_names``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -42,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lungfuse.core import io
-from lungfuse.core.errors import ConfigError, DataError
+from lungfuse.core.errors import ConfigError, DataError, LungfuseError
 from lungfuse.core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,26 +113,131 @@ def _patient_table(spec: Any, cfg: Any) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- models
-def _fold_dirs(run_dir: Path) -> list[tuple[int, int]]:
-    out = []
-    for d in sorted((run_dir / "models").glob("seed*-fold*")):
-        if (d / "model.pt").exists():
-            seed, fold = d.name.removeprefix("seed").split("-fold")
-            out.append((int(seed), int(fold)))
-    return sorted(out)
+#: The file of a fold folder that holds the trained fusion model (torch's zip format).
+_WEIGHTS = "model.pt"
+
+
+def _fold_dirs(run_dir: Path, run: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The (seed, fold) of every fold model the run trained, each checked to be there.
+
+    The folds come from what the run recorded (``run.json``'s ``folds``, else the split
+    assignment in ``splits.parquet``), not from the folders that happen to exist: a fold
+    model deleted from the run folder would otherwise silently leave the risk to the
+    others. A missing fold folder, weights file or ``meta.json``, a weights file that is
+    not a complete archive (truncated, emptied, overwritten) or a ``meta.json`` that is not
+    JSON, is one line naming the file. Other files of the fold (the fitted modality
+    states) are checked as ``load_fold_model`` reads them (``_load_fold``).
+    """
+    import json
+    import zipfile
+
+    listed = run.get("folds")
+    if listed:
+        try:
+            folds = sorted({(int(f["seed"]), int(f["fold"])) for f in listed})
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{run_dir / 'run.json'}: `folds` is malformed (each entry needs "
+                            "seed and fold); the run folder is damaged; re-run `lungfuse run`"
+                            ) from None
+    else:
+        folds = _folds_from_splits(run_dir)
+    if not folds:
+        raise DataError(f"{run_dir}: the run lists no fold models; is it a finished run?")
+    n = len(folds)
+    for seed, fold in folds:
+        fdir = run_dir / "models" / f"seed{seed}-fold{fold}"
+        weights = fdir / _WEIGHTS
+        if not weights.is_file():
+            what = weights if fdir.is_dir() else fdir
+            raise DataError(f"{what}: missing; the run folder is incomplete (the run trained "
+                            f"{n} fold model(s) and every one is needed); restore it or score "
+                            "with a complete run")
+        if weights.stat().st_size == 0 or not zipfile.is_zipfile(weights):
+            raise DataError(f"{weights}: damaged (not a complete saved model, "
+                            f"{weights.stat().st_size} bytes); the run folder is damaged; "
+                            "restore it or score with a complete run")
+        meta = fdir / "meta.json"
+        try:
+            ok = isinstance(json.loads(meta.read_text(encoding="utf-8")), dict)
+        except FileNotFoundError:
+            raise DataError(f"{meta}: missing; the run folder is incomplete; restore it or "
+                            "score with a complete run") from None
+        except (OSError, UnicodeDecodeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError(f"{meta}: damaged (not the fold's JSON record); the run folder is "
+                            "damaged; restore it or score with a complete run")
+    return folds
+
+
+def _folds_from_splits(run_dir: Path) -> list[tuple[int, int]]:
+    """(seed, fold) pairs of the run's split assignment, for a run.json without ``folds``."""
+    import pandas as pd
+
+    path = run_dir / "splits.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: missing, and run.json does not list the folds; the run "
+                        "folder is incomplete; score with a complete run")
+    try:
+        splits = pd.read_parquet(path, columns=["seed", "fold"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged run folder
+        raise DataError(f"{path}: cannot read the split assignment ({type(exc).__name__}); "
+                        "the run folder is damaged; re-run `lungfuse run`") from None
+    return sorted({(int(a), int(b)) for a, b in splits.itertuples(index=False)})
+
+
+#: Exceptions of reading a damaged file (truncated, emptied, overwritten, not there)
+#: that loading a fold model may raise; anything else is a bug and is not hidden.
+_FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
+#: RuntimeError messages that are torch saying a file is damaged or does not fit.
+_TORCH_FILE_ERRORS = ("PytorchStreamReader", "Error(s) in loading state_dict")
+
+
+def _load_fold(run_dir: Path, seed: int, fold: int, registry: Registry | None,
+               plugins: Iterable[type] | None) -> Any:
+    """``load_fold_model``, with a damaged file of the fold folder as one line naming it."""
+    import pickle
+    import zipfile
+
+    from lungfuse.core.pipeline import load_fold_model
+
+    fdir = run_dir / "models" / f"seed{seed}-fold{fold}"
+    try:
+        return load_fold_model(run_dir, seed, fold, registry=registry, plugins=plugins)
+    except LungfuseError:
+        raise
+    except (*_FILE_ERRORS, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not str(exc).startswith(_TORCH_FILE_ERRORS):
+            raise
+        where = getattr(exc, "filename", None) or fdir
+        why = (getattr(exc, "strerror", None) or str(exc) or "").splitlines()
+        detail = f"{type(exc).__name__}: {why[0][:200]}" if why else type(exc).__name__
+        raise DataError(f"{where}: cannot load fold model seed{seed}-fold{fold} ({detail}); "
+                        "the run folder is damaged; restore it or re-run `lungfuse run`"
+                        ) from exc
 
 
 def _check_run(run_dir: Path) -> dict[str, Any]:
+    """run.json of a finished run (and its config.yaml there), or one line saying why not."""
     import json
 
     info = run_dir / "run.json"
     if not info.exists():
         raise DataError(f"{run_dir}: not a run folder (no run.json); give the folder "
                         "`lungfuse run` printed")
-    run = json.loads(info.read_text(encoding="utf-8"))
+    try:
+        run = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{info}: cannot read it ({type(exc).__name__}); the run folder is "
+                        "damaged; re-run `lungfuse run`") from None
+    if not isinstance(run, dict):
+        raise DataError(f"{info}: not a run record (a JSON object); the run folder is damaged")
     if run.get("status") != "complete":
         raise DataError(f"{run_dir}: the run is not complete (status {run.get('status')!r}); "
                         "score with a finished run")
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir / 'config.yaml'}: missing; the run folder is incomplete; "
+                        "restore it or score with a complete run")
     return run
 
 
@@ -159,6 +273,16 @@ class _ModalityInputs:
         self.spec, self.base_dir, self.source = spec, base_dir, source
         self.configs: dict[str, Any] = {}
         self.errors: dict[str, dict[str, str]] = {}  # modality -> patient -> reason
+        # patient -> modality -> reason: data given for the patient (a config of their own
+        # from the modality's scoring_config) that could not be used; the patient is an error
+        self.failed: dict[str, dict[str, str]] = {}
+        self.given: set[str] = set()  # patients some modality took data of their own for
+
+    def fail(self, pid: str, modality: str, reason: str) -> None:
+        """Record that the data given for ``pid`` could not be used (first reason kept)."""
+        if modality not in self.failed.setdefault(pid, {}):
+            self.failed[pid][modality] = reason
+            log.error("score: patient %s not scored: %s: %s", pid, modality, reason)
 
     def config(self, name: str, plugin: Any) -> Any:
         if name not in self.configs:
@@ -186,28 +310,76 @@ def _transform_fold(fold: Any, table: pd.DataFrame, spec: Any, inputs: _Modality
         # of their own (a CT scan) gets a config, and a call, of their own
         groups: dict[str | None, tuple[Any, list[str]]] = {}
         for pid in table.index:
-            own = hook.scoring_config(entries[pid], scratch / m)
+            if pid in inputs.failed:
+                continue  # not scored: no point reading the rest of their data again
+            try:
+                own = hook.scoring_config(entries[pid], scratch / m)
+            except DataError as exc:
+                inputs.fail(pid, m, str(exc))
+                continue
             key = None if own is None else str(pid)
+            if own is not None:
+                inputs.given.add(str(pid))
             groups.setdefault(key, (own or base_cfg, []))[1].append(pid)
         parts = []
-        for cfg_g, pids in groups.values():
+        for key, (cfg_g, pids) in groups.items():
             inst = cls(cfg_g)
             inst.load_state_dict(state)
             ctx = ModalityContext(workdir=scratch / m / f"seed{fold.seed}-fold{fold.fold}",
                                   seed=fold.seed, progress=False)
-            try:
-                f = inst.transform(table.loc[pids], ctx)
-            except DataError as exc:
-                for pid in pids:
-                    inputs.errors.setdefault(m, {})[pid] = str(exc)
-                log.warning("score: %s unusable for %s: %s", m, ", ".join(pids), exc)
-                continue
+            with _Warnings() as seen:
+                try:
+                    f = inst.transform(table.loc[pids], ctx)
+                except DataError as exc:
+                    if key is not None:  # the patient's own data: an error for the patient
+                        inputs.fail(key, m, str(exc))
+                        continue
+                    for pid in pids:
+                        inputs.errors.setdefault(m, {})[pid] = str(exc)
+                    log.warning("score: %s unusable for %s: %s", m, ", ".join(pids), exc)
+                    continue
             f.index = f.index.astype(str)
+            if key is not None and key not in f.index:
+                # a plugin may skip a patient whose data it cannot read (with a warning):
+                # for data given for this patient that is a failure, not an absence
+                inputs.fail(key, m, _no_row_reason(key, seen.messages))
+                continue
             parts.append(f)
         cols = fold.meta["feature_columns"][m]
         feat = pd.concat(parts) if parts else pd.DataFrame(columns=cols)
         out[m] = feat.reindex(columns=cols).astype("float32")
     return out
+
+
+class _Warnings(logging.Handler):
+    """Warnings logged under ``lungfuse`` while a block runs (a plugin's reasons)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed log call must not stop scoring
+            self.handleError(record)
+
+    def __enter__(self) -> _Warnings:
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        log.removeHandler(self)
+
+
+def _no_row_reason(pid: str, warnings: list[str]) -> str:
+    """Why data given for ``pid`` gave no features: the plugin's warning naming the patient
+    (else its last warning), or a generic line when it said nothing."""
+    mine = [w for w in warnings if pid in w] or warnings
+    if mine:
+        return " ".join(mine[-1].split())[:500]
+    return ("the data given for this patient gave no features (the modality could not use "
+            "it; see score.log)")
 
 
 def _with_hidden(data: Any, m: str) -> Any:
@@ -256,8 +428,15 @@ def _integrated_gradients(model: Any, data: Any, steps: int) -> dict[str, np.nda
 # ----------------------------------------------------------------------------- scoring
 @dataclass
 class ScoreResult:
+    """The scoring folder and one summary per patient (as in ``scores.json``)."""
+
     folder: Path
     patients: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Summaries of the patients that could not be scored (``status == "error"``)."""
+        return [s for s in self.patients if s.get("status") == "error"]
 
 
 def score_patients(
@@ -281,7 +460,7 @@ def score_patients(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from lungfuse.core.pipeline import load_fold_model, pattern_of, progress_enabled
+    from lungfuse.core.pipeline import pattern_of, progress_enabled
     from lungfuse.core.train import FoldData, predict
 
     started = time.time()
@@ -292,9 +471,7 @@ def score_patients(
     base_dir = src.parent if src is not None else Path.cwd()
     source = str(src) if src is not None else "<scoring input>"
     cfg = _run_cfg(run_dir, registry, plugins)
-    folds = _fold_dirs(run_dir)
-    if not folds:
-        raise DataError(f"{run_dir}: no trained fold models under models/; is it a finished run?")
+    folds = _fold_dirs(run_dir, run)
     out = Path(out_dir) if out_dir is not None else \
         run_dir / f"scores-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out.resolve()
@@ -316,7 +493,7 @@ def score_patients(
         inputs: _ModalityInputs | None = None
         table: pd.DataFrame | None = None
         for seed, fold in tqdm(folds, desc="fold models", disable=not show, unit="model"):
-            tf = load_fold_model(run_dir, seed, fold, registry=registry, plugins=plugins)
+            tf = _load_fold(run_dir, seed, fold, registry, plugins)
             if inputs is None:
                 inputs = _ModalityInputs(spec, tf.meta["modalities"], base_dir, source)
                 table = _patient_table(spec, cfg)
@@ -358,24 +535,36 @@ def score_patients(
                 first = {"fold": tf, "names": names, "plugins": tf.plugins,
                          "gene_modalities": [m for m, p in tf.plugins.items()
                                              if getattr(p, "feature_kind", "") == "gene"]}
+        assert inputs is not None
+        # a patient whose given data failed is not scored: no risk of theirs is written
+        failed = set(inputs.failed)
         by_model = pd.concat(rows, ignore_index=True)
+        by_model = by_model[~by_model["patient_id"].isin(failed)].reset_index(drop=True)
         attr = (pd.concat(attributions, ignore_index=True)
                 .groupby(["patient_id", "modality", "feature"], sort=False)
                 .agg(attribution=("attribution", "mean"), value=("value", "mean"))
                 .reset_index())
-        assert inputs is not None
+        attr = attr[~attr["patient_id"].isin(failed)].reset_index(drop=True)
         summaries = _summarise(by_model, attr, first, inputs, spec, cfg, top_k)
+        for s in summaries:
+            for note in s["notes"]:
+                log.warning("score: patient %s: %s", s["patient_id"], note)
         io.write_parquet(staging / "scores_by_model.parquet", by_model, index=False)
         io.write_parquet(staging / "attributions.parquet", attr, index=False)
         io.write_parquet(staging / "scores.parquet", _flat(summaries, first["names"]),
                          index=False)
         if report:
+            pages = _page_names(ids)
             for s in summaries:
-                s["page"] = f"patients/{_safe(s['patient_id'])}.html"
+                s["page"] = f"patients/{pages[s['patient_id']]}"
+        done = (f"{len(ids)} patient(s)" if not failed else
+                f"{len(ids) - len(failed)} of {len(ids)} patient(s) ({len(failed)} could not "
+                "be scored: status 'error')")
         info = {"run": str(run_dir), "task": cfg.task.kind, "models": len(folds),
                 "modalities": first["names"], "started": started, "finished": time.time(),
                 "run_started": run.get("started"),
-                "what": (f"{len(ids)} patient(s) scored with {len(folds)} fold model(s); "
+                "failed": [i for i in ids if i in failed],
+                "what": (f"{done} scored with {len(folds)} fold model(s); "
                          + ("risk = calibrated probability of malignancy" if
                             cfg.task.kind == "binary" else "risk = log relative hazard")),
                 "patients": summaries}
@@ -407,6 +596,7 @@ def _parent(out: Path) -> Path:
 
 
 def _run_cfg(run_dir: Path, registry: Registry | None, plugins: Iterable[type] | None) -> Any:
+    """The run's resolved config (``config.yaml``), validated against the plugins at hand."""
     import yaml
 
     from lungfuse.core.config import validate_config
@@ -416,13 +606,57 @@ def _run_cfg(run_dir: Path, registry: Registry | None, plugins: Iterable[type] |
     reg: Registry = registry or default_registry()
     if plugins:
         reg = PluginSet(plugins, reg)
-    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    path = run_dir / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read the run's config ({type(exc).__name__}); the "
+                        "run folder is damaged; restore it or re-run `lungfuse run`") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a run config (a YAML mapping); the run folder is damaged")
     return validate_config(data, source=str(run_dir / "config.yaml"), base_dir=run_dir,
                            registry=reg, check_paths=False)
 
 
 def _safe(pid: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in pid)
+    return "".join(c if c.isascii() and c.isalnum() or c in "-_." else "_" for c in pid)
+
+
+#: Longest patient id used as a page name as it is; longer ids are cut and hashed.
+_PAGE_PREFIX = 60
+#: Device names Windows will not create as files, whatever the extension.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+             *(f"lpt{i}" for i in range(1, 10))}
+
+
+def _page_names(ids: list[str]) -> dict[str, str]:
+    """A distinct, bounded file name (``….html``) for each patient's page.
+
+    An id that is a plain file name (ASCII letters, digits, ``-_.``; at most 60 characters;
+    not hidden, not a Windows device name; unique in the batch ignoring case, for
+    case-insensitive file systems) is its page's name, so links stay readable. Any other
+    id gets its sanitised first 60 characters, ``~`` and 12 hex digits of the SHA-256 of
+    the exact id: ``P/1``, ``P:1`` and ``P_1`` get three pages, a 300-character id a
+    74-character name, and ``~`` never occurs in a plain name, so the two kinds cannot
+    collide.
+    """
+    import hashlib
+
+    folded: dict[str, int] = {}
+    for pid in ids:
+        folded[pid.casefold()] = folded.get(pid.casefold(), 0) + 1
+    out: dict[str, str] = {}
+    for pid in ids:
+        plain = (0 < len(pid) <= _PAGE_PREFIX and _safe(pid) == pid and pid[0] != "."
+                 and pid.split(".")[0].lower() not in _RESERVED and folded[pid.casefold()] == 1)
+        if plain:
+            out[pid] = f"{pid}.html"
+        else:
+            digest = hashlib.sha256(pid.encode("utf-8")).hexdigest()[:12]
+            prefix = _safe(pid)[:_PAGE_PREFIX]
+            prefix = "_" + prefix[1:] if prefix.startswith(".") else prefix  # never hidden
+            out[pid] = f"{prefix}~{digest}.html"
+    return out
 
 
 def _num(v: Any) -> float | None:
@@ -430,12 +664,30 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
+def _failed_summary(pid: str, failed: Mapping[str, str]) -> dict[str, Any]:
+    """The summary of a patient not scored because data given for them failed."""
+    error = "; ".join(f"{m}: {r}" for m, r in failed.items())
+    return {"patient_id": pid, "status": "error", "error": error, "failed": dict(failed),
+            "risk": None, "uncertainty": None, "risk_range": None, "models": 0,
+            "present": [], "missing": [], "missing_reasons": {}, "contributions": {},
+            "weights": None, "top_genes": [], "top_features": [], "notes": []}
+
+
 def _summarise(by_model: pd.DataFrame, attr: pd.DataFrame, first: Mapping[str, Any],
                inputs: _ModalityInputs, spec: Any, cfg: Any, top_k: int) -> list[dict[str, Any]]:
+    """One summary per patient, in input order: ``status`` "ok" with the risk, its spread,
+    modality contributions and top features, or "error" with what failed (no risk)."""
     names = first["names"]
     kinds = {m: getattr(p, "feature_kind", "feature") for m, p in first["plugins"].items()}
     out = []
     for pid in [p.id for p in spec.patients]:
+        if pid in inputs.failed:
+            out.append(_failed_summary(pid, inputs.failed[pid]))
+            continue
+        entry = next(p for p in spec.patients if p.id == pid)
+        notes = ([f"the CT given ({entry.ct}) was not used: none of the run's modalities "
+                  f"({', '.join(names)}) reads a CT scan"]
+                 if entry.ct is not None and pid not in inputs.given else [])
         g = by_model[by_model["patient_id"] == pid]
         r = g["risk"].to_numpy(float)
         row0 = g.iloc[0]
@@ -453,6 +705,9 @@ def _summarise(by_model: pd.DataFrame, attr: pd.DataFrame, first: Mapping[str, A
 
         s: dict[str, Any] = {
             "patient_id": pid,
+            "status": "ok",
+            "error": None,
+            "failed": {},
             "risk": float(r.mean()),
             "uncertainty": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
             "risk_range": [float(r.min()), float(r.max())],
@@ -465,6 +720,7 @@ def _summarise(by_model: pd.DataFrame, attr: pd.DataFrame, first: Mapping[str, A
                         if f"weight_{names[0]}" in g else None),
             "top_genes": top(a[a["modality"].map(kinds) == "gene"]),
             "top_features": top(a),
+            "notes": notes,
         }
         surv = [c for c in g.columns if c.startswith("surv_")]
         if surv and cfg.task.kind == "survival":
@@ -475,17 +731,21 @@ def _summarise(by_model: pd.DataFrame, attr: pd.DataFrame, first: Mapping[str, A
 
 
 def _flat(summaries: list[dict[str, Any]], names: list[str]) -> pd.DataFrame:
+    """``scores.parquet``: one row per patient, failed ones with status "error" and NaN risk."""
     import pandas as pd
 
     rows = []
+    weights = any(s["weights"] is not None for s in summaries)
     for s in summaries:
-        row = {"patient_id": s["patient_id"], "risk": s["risk"], "uncertainty": s["uncertainty"],
+        row = {"patient_id": s["patient_id"], "status": s["status"], "error": s["error"],
+               "risk": math.nan if s["risk"] is None else s["risk"],
+               "uncertainty": math.nan if s["uncertainty"] is None else s["uncertainty"],
                "models": s["models"], "present": ",".join(s["present"]),
                "missing": ",".join(s["missing"])}
         for m in names:
             row[f"contribution_{m}"] = s["contributions"].get(m, math.nan)
-            if s["weights"] is not None:
-                row[f"weight_{m}"] = s["weights"][m]
+            if weights:
+                row[f"weight_{m}"] = (math.nan if s["weights"] is None else s["weights"][m])
         row["top_genes"] = ",".join(g["feature"] for g in s["top_genes"][:5])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -500,6 +760,9 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
 
     from lungfuse.core.report import Section, bar_figure, write_report
 
+    if s["status"] == "error":
+        _error_page(path, s, info, first)
+        return
     binary = info["task"] == "binary"
     what = ("calibrated probability of malignancy" if binary
             else "log relative hazard (higher = worse prognosis)")
@@ -512,6 +775,8 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
                         for m, r in s["missing_reasons"].items())
         head += (f"<div class='note'><p>Missing for this patient, so left out of the "
                  f"prediction (not imputed):</p><ul>{items}</ul></div>")
+    for note in s["notes"]:
+        head += f"<div class='note'><p>{html.escape(note)}</p></div>"
     if not s["present"]:
         head += ("<div class='note'><p><b>No modality could be used for this patient</b>: "
                  "the risk above is the model's baseline for a patient of whom nothing is "
@@ -559,6 +824,26 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
         f"{info['models']} fold models). Research use: the risk is only as good as the "
         "cohort the run was trained on."]))
     write_report(path, f"lungfuse: patient {s['patient_id']}", sections,
+                 subtitle=time.strftime("scored %Y-%m-%d %H:%M"))
+
+
+def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
+                first: Mapping[str, Any]) -> None:
+    """The page of a patient not scored: which data given for them failed, and why."""
+    import html
+
+    from lungfuse.core.report import Section, write_report
+
+    items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>"
+                    for m, r in s["failed"].items())
+    head = ("<p class='risk'>not scored</p><div class='note'><p><b>Data given for this "
+            "patient could not be used</b>, so no risk was computed: a risk without it would "
+            f"hide what was given.</p><ul>{items}</ul><p>Fix or replace the data and score "
+            "the patient again.</p></div>")
+    sections = [Section("Not scored", html=head), Section("Model", text=[
+        f"Run {info['run']} ({len(first['names'])} modalities: {', '.join(first['names'])}; "
+        f"{info['models']} fold models)."])]
+    write_report(path, f"lungfuse: patient {s['patient_id']} (not scored)", sections,
                  subtitle=time.strftime("scored %Y-%m-%d %H:%M"))
 
 
@@ -641,6 +926,16 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
     Patients lacking a modality are scored with what they have.
 
     \b
+    A patient whose given data cannot be used (a CT that cannot be read, a nodule
+    outside the volume) is not scored: one line on stderr names the patient and the
+    reason, their row in scores.parquet/json has status "error" and their page says
+    what failed; the other patients are still scored and written.
+
+    \b
+    Exit status: 0 every patient scored; 1 one or more patients not scored (the
+    scoring folder holds the others); 2 bad input or run folder (nothing written).
+
+    \b
     Examples:
       lungfuse score runs/demo-20261125-101010 --input new_patients.yaml
       lungfuse score RUN --patient P-0042 --ct scans/P-0042.mhd --nodule -61.2,72.5,-160.8,12 \\
@@ -669,9 +964,19 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
     res = score_patients(run_dir, spec_in, out, progress=False if no_progress else None,
                          report=not no_report)
     for s in res.patients:
+        if s["status"] == "error":
+            click.echo(f"{s['patient_id']}: not scored: {s['error']}", err=True)
+            continue
+        for note in s["notes"]:
+            click.echo(f"warning: {s['patient_id']}: {note}", err=True)
         miss = f" (missing: {', '.join(s['missing'])})" if s["missing"] else ""
         genes = ", ".join(g["feature"] for g in s["top_genes"][:3])
         click.echo(f"{s['patient_id']}: risk {s['risk']:.3f} ± {s['uncertainty']:.3f}{miss}"
                    + (f"; top genomic features {genes}" if genes else ""))
     click.echo(f"scoring folder: {res.folder}"
                + ("" if no_report else f" (report: {res.folder / 'report.html'})"))
+    if res.failed:
+        click.echo(f"error: {len(res.failed)} of {len(res.patients)} patient(s) not scored "
+                   "(status 'error' in scores.parquet); fix their data and score them again",
+                   err=True)
+        sys.exit(1)
