@@ -210,7 +210,7 @@ def round_diagnostics(trainer: Any) -> list[dict[str, Any]]:
                                "val_dice_all": h.val_dice}
         if h.round > 0:
             obj = torch.load(trainer.state_dir / f"round_{h.round:03d}.pt", map_location="cpu",
-                             weights_only=False)
+                             weights_only=True)
             cands = [trainer.by_key[k] for k in obj["keys"]]
             q = pseudo_quality(obj["masks"], [c.hidden_mask for c in cands])
             row.update(q)
@@ -353,7 +353,7 @@ def score_state(trainer: Any, vpool: list[Any]) -> dict[str, float]:
     path = trainer.state_dir / f"model_{trainer.n_rounds:03d}.pt"
     if not path.exists():
         return {}
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     hp = obj["hparams"]
     m = InfNet(hp["backbone"], channel=hp["channel"])
     m.load_state_dict(obj["student"])

@@ -134,7 +134,19 @@ class ModalityPlugin(ABC):
         """
 
     def state_dict(self) -> dict[str, Any]:
-        """Fitted state, picklable (plain Python, numpy, tensors). Default: nothing."""
+        """Fitted state (what ``prepare`` learnt), stored in the run folder and the feature
+        cache, and handed back to ``load_state_dict`` at scoring time. Default: nothing.
+
+        It is written as JSON + safetensors (:mod:`lungfuse.core.state_io`), never
+        pickled, because run folders are shared and a pickle runs code when loaded. So it
+        may hold only: dicts (keys str, int, float, bool, None or tuples of those; other
+        mappings come back as dict), lists, tuples, str, int, float (NaN/inf included),
+        bool, None, numpy arrays of bool/int/uint/float or str (``<U``) dtype, numpy
+        scalars of those dtypes, and dense torch tensors (bfloat16 included; loaded on the
+        CPU, detached). Anything else (a set, a Path, a pandas object, an object array, an
+        instance of your own class) is refused with an error naming the modality and key;
+        convert it (``sorted(s)``, ``str(p)``, ``df.to_dict("list")``) first.
+        """
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027

@@ -23,8 +23,8 @@ atomically; ``run.json`` says ``"status": "complete"`` only once everything is t
 
     config.yaml  run.json  splits.parquet  predictions.parquet  metrics.json  run.log
     features/<modality>/seed<S>-fold<K>.parquet
-    models/seed<S>-fold<K>/{model.pt, meta.json, modality_state.pkl, predictions.parquet,
-                            checkpoints/best.ckpt, logs/metrics.csv}
+    models/seed<S>-fold<K>/{model.pt, meta.json, modality_state.{json,safetensors},
+                            predictions.parquet, checkpoints/best.ckpt, logs/metrics.csv}
 
 Distributed training: Lightning re-runs this command in every process (DDP). All ranks
 compute the same splits and features; only global rank 0 writes. The run folder is
@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import tempfile
 import time
 import warnings
@@ -293,13 +292,21 @@ def prepare_fold_features(
     the same :func:`feature_cache_key` is reused instead."""
     import pandas as pd
 
+    from lungfuse.core import state_io
+    from lungfuse.core.errors import LungfuseError
+
     key = feature_cache_key(mcfg, seed, fold, train_ids, cohort.ids)
     cached = Path(cache_dir) / name / key if cache_dir else None
-    if cached is not None and (cached / "state.pkl").exists() and (cached / "features.parquet").exists():
-        feats = pd.read_parquet(cached / "features.parquet")
-        with open(cached / "state.pkl", "rb") as fh:
-            state = pickle.load(fh)
-        return PreparedModality(name, feats, state, key, from_cache=True)
+    # an entry of an older lungfuse (state.pkl) is never unpickled: a miss, overwritten below
+    if cached is not None and (cached / "state.json").exists() and (cached / "features.parquet").exists():
+        try:
+            state = state_io.load_state(cached / "state.json")[name]
+            feats = pd.read_parquet(cached / "features.parquet")
+        except (LungfuseError, KeyError, OSError, ValueError) as exc:
+            log.warning("feature cache entry %s unusable (%s); recomputing it", cached,
+                        state_io.first_line(exc))
+        else:
+            return PreparedModality(name, feats, state, key, from_cache=True)
     ctx = ModalityContext(workdir=Path(workdir), seed=seed, log=log, progress=progress)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     plugin = cls(mcfg)
@@ -313,10 +320,11 @@ def prepare_fold_features(
     feats.index.name = "patient_id"
     feats.columns = [str(c) for c in feats.columns]
     state = plugin.state_dict()
+    state_io.check_state({name: state})  # an unstorable state fails here, before training
     if cached is not None and write:
         io.write_parquet(cached / "features.parquet", feats)
-        with io.atomic_path(cached / "state.pkl") as tmp, open(tmp, "wb") as fh:
-            pickle.dump(state, fh)
+        state_io.save_state(cached / "state.json", {name: state})
+        (cached / "state.pkl").unlink(missing_ok=True)
     return PreparedModality(name, feats, state, key)
 
 
@@ -444,8 +452,9 @@ def train_fold(
         return None
     ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     if ckpt and Path(ckpt).exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
+        from lungfuse.core.state_io import load_torch
+
+        task.load_state_dict(load_torch(ckpt, "Lightning checkpoint")["state_dict"])
     model = task.model.cpu().float().eval()
     raw_val, _ = predict(model, val)
     raw_test, w_test = predict(model, test)
@@ -488,11 +497,14 @@ def train_fold(
         for j, m in enumerate(names):
             pred[f"weight_{m}"] = w_test[:, j]
     if write:
+        from lungfuse.core.state_io import save_state
+
+        # fitted state first (an unstorable one fails before model.pt exists); JSON +
+        # safetensors, never pickle: run folders are shared (see core/state_io.py)
+        save_state(fold_dir / "modality_state.json", {m: prepared[m].state for m in names})
         with io.atomic_path(fold_dir / "model.pt") as tmp:
             torch.save({"state_dict": model.state_dict(), "embedding_dims": dims,
                         "n_features": n_features, "modalities": names}, tmp)
-        with io.atomic_path(fold_dir / "modality_state.pkl") as tmp, open(tmp, "wb") as fh:
-            pickle.dump({m: prepared[m].state for m in names}, fh)
         io.write_json(fold_dir / "meta.json", meta)
         io.write_parquet(fold_dir / "predictions.parquet", pred, index=False)
     return FoldResult(seed, fold, pred, meta, model)
@@ -734,38 +746,80 @@ class TrainedFold:
 def load_fold_model(run_dir: Path, seed: int, fold: int, registry: Registry | None = None,
                     plugins: Iterable[type] | None = None) -> TrainedFold:
     """Rebuild fold (seed, fold) of a finished run: resolved config → plugins with their
-    fitted state → encoders + head with the trained weights."""
-    import torch
+    fitted state → encoders + head with the trained weights.
+
+    Nothing is unpickled: the fitted state is read by :func:`lungfuse.core.state_io.
+    load_state` and the weights with ``weights_only=True``. A fold file that is missing,
+    corrupt or foreign, and a folder of an older lungfuse (``modality_state.pkl``), raise
+    one line naming the file and how to re-create the run."""
     import yaml
 
     from lungfuse.core.config import validate_config
+    from lungfuse.core.state_io import first_line, legacy_state_error, load_state, load_torch
     from lungfuse.core.train import FusionModel
 
     run_dir = Path(run_dir)
     reg: Registry = registry or default_registry()
     if plugins:
         reg = PluginSet(plugins, reg)
-    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    cfg = validate_config(data, source=str(run_dir / "config.yaml"), base_dir=run_dir,
+    cfg_path = run_dir / "config.yaml"
+    remedy = f"re-create the run with `lungfuse run {cfg_path}`"
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{cfg_path}: missing, so {run_dir} cannot be scored; restore the "
+                        "run's config.yaml or re-run the experiment from its config") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{cfg_path}: the run's resolved config is unreadable "
+                        f"({type(exc).__name__}); restore it or re-run the experiment") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{cfg_path}: the run's resolved config is not a YAML mapping; "
+                        "restore it or re-run the experiment")
+    cfg = validate_config(data, source=str(cfg_path), base_dir=run_dir,
                           registry=reg, check_paths=False)
     fdir = run_dir / "models" / f"seed{seed}-fold{fold}"
     if not (fdir / "model.pt").exists():
         raise DataError(f"{fdir}: no trained model; is {run_dir} a finished run?")
-    meta = json.loads((fdir / "meta.json").read_text(encoding="utf-8"))
-    with open(fdir / "modality_state.pkl", "rb") as fh:
-        states = pickle.load(fh)
+    state_path = fdir / "modality_state.json"
+    if not state_path.exists() and (fdir / "modality_state.pkl").exists():
+        raise legacy_state_error(fdir, cfg_path)
+    meta_path = fdir / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        mods_meta = [str(m) for m in meta["modalities"]]
+        n_feat = {m: int(meta["n_features"][m]) for m in mods_meta}
+        dims = {m: int(meta["embedding_dims"][m]) for m in mods_meta}
+    except FileNotFoundError:
+        raise DataError(f"{meta_path}: missing; {remedy}") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{meta_path}: unreadable or incomplete fold metadata "
+                        f"({first_line(exc, 80)}); {remedy}") from None
+    states = load_state(state_path, remedy)
     mods = modality_classes(cfg, reg)
     insts, encoders = {}, {}
-    for m in meta["modalities"]:
+    for m in mods_meta:
+        if m not in mods or m not in states:
+            where = cfg_path if m not in mods else state_path
+            raise DataError(f"{where}: has no modality '{m}', which {meta_path.name} lists; "
+                            f"{remedy}")
         cls, mcfg = mods[m]
         insts[m] = cls(mcfg)
-        insts[m].load_state_dict(states[m])
-        encoders[m] = insts[m].build_encoder(int(meta["n_features"][m]))
+        try:
+            insts[m].load_state_dict(states[m])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise DataError(f"{state_path}: the fitted state of modality '{m}' does not fit "
+                            f"its plugin ({first_line(exc, 80)}); {remedy}") from None
+        encoders[m] = insts[m].build_encoder(n_feat[m])
     # meta.json has sorted keys: the head's modality order is meta["modalities"]
-    dims = {m: int(meta["embedding_dims"][m]) for m in meta["modalities"]}
     model = FusionModel(encoders, fusion_plugin(cfg, reg).build(dims, 1))
-    ck = torch.load(fdir / "model.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(ck["state_dict"])
+    ck = load_torch(fdir / "model.pt", "fold model", remedy)
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise DataError(f"{fdir / 'model.pt'}: weights do not fit the run's config "
+                        f"({first_line(exc, 120)}); {remedy}") from None
     return TrainedFold(seed, fold, model.eval(), insts, meta)
 
 

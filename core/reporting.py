@@ -193,17 +193,20 @@ def ct_example(state: Mapping[str, Any], mcfg: Mapping[str, Any], uid: str,
 
 def _segmentation_section(folder: Path, pred: Any, n: int = 3) -> Section | None:
     """Example segmentations on held-out patients of the first fold (run folders)."""
-    import pickle
-
     import pandas as pd
+
+    from lungfuse.core.state_io import legacy_state_error, load_state
 
     cts = _ct_modalities(folder)
     models = sorted((folder / "models").glob("seed*-fold*")) if (folder / "models").exists() else []
     if not cts or not models or pred is None:
         return None
     fdir = models[0]
-    with open(fdir / "modality_state.pkl", "rb") as fh:
-        states = pickle.load(fh)
+    # fitted state as JSON + safetensors; a pickle (older lungfuse) is never loaded
+    if not (fdir / "modality_state.json").exists() and (fdir / "modality_state.pkl").exists():
+        raise legacy_state_error(fdir, folder / "config.yaml")
+    states = load_state(fdir / "modality_state.json",
+                        f"re-create the run with `lungfuse run {folder / 'config.yaml'}`")
     clinical = None
     figures = []
     for name, mcfg in cts.items():

@@ -43,7 +43,7 @@ def test_segmenter_never_saw_the_fused_cohort_or_new_patients(demo) -> None:
     import torch
 
     res, _ = demo
-    ck = torch.load(res.paths["segmenter"], map_location="cpu", weights_only=False)
+    ck = torch.load(res.paths["segmenter"], map_location="cpu", weights_only=True)
     cohort = set(pd.read_parquet(res.out / "data" / "cohort.parquet")["patient_id"])
     clinical = pd.read_parquet(res.out / "data" / "clinical.parquet").set_index("patient_id")
     seen = set(ck["training_patients"])

@@ -65,7 +65,7 @@ def test_features_train_on_train_and_absent_without_ct(cohort_dir: Path, tmp_pat
     ctx = ModalityContext(workdir=tmp_path, progress=False)
     assert plug.available(cohort, ctx) == {f"P{i}" for i in range(6)}
     plug.prepare(cohort.loc[["P0", "P1", "P2"]], ctx)
-    ck = torch.load(tmp_path / "segmenter" / "infnet.pt", weights_only=False)
+    ck = torch.load(tmp_path / "segmenter" / "infnet.pt", weights_only=True)
     assert ck["training_patients"] == ["P0", "P1", "P2"]
     feats = plug.transform(cohort, ctx)
     # P5's data file is missing (reported, skipped), P6 has no series: both absent

@@ -198,7 +198,7 @@ def test_train_checkpoint_resume_and_patients(cases: list[ctio.Case], tmp_path: 
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     last = tmp_path / "lightning" / "last.ckpt"
-    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = torch.load(last, map_location="cpu", weights_only=True)
     assert ck["training_patients"] == ["P0", "P1", "P2"]
     m2, meta2 = load_checkpoint(last)  # the Lightning checkpoint loads as a model too
     assert meta2["training_patients"] == ["P0", "P1", "P2"]

@@ -315,7 +315,7 @@ def test_binary_run_writes_the_run_folder(binary_run, data) -> None:
         assert (d / f).is_file(), f
     for k in (0, 1):
         fd = d / "models" / f"seed0-fold{k}"
-        for f in ("model.pt", "meta.json", "modality_state.pkl", "checkpoints/best.ckpt",
+        for f in ("model.pt", "meta.json", "modality_state.json", "checkpoints/best.ckpt",
                   "logs/metrics.csv"):
             assert (fd / f).is_file(), f
         for m in ("fake", "cnv"):

@@ -125,7 +125,7 @@ def test_progressive_rounds_add_k_slices_in_seeded_order(
     # pseudo masks are hard 0/1 labels; the round file holds exactly that round's slices
     masks = torch.stack([it.mask for it in tr.pool if it.source == "pseudo"]).float()
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
-    r2 = torch.load(tr.state_dir / "round_002.pt", weights_only=False)
+    r2 = torch.load(tr.state_dir / "round_002.pt", weights_only=True)
     assert r2["keys"] == tr.order[3:6]
     # only the last round's model is kept
     assert sorted(p.name for p in tr.state_dir.glob("model_*.pt")) == ["model_004.pt"]
@@ -349,7 +349,7 @@ def test_segment_train_semi_from_yaml(tree: Path, tmp_path: Path,
     assert [h["round"] for h in extra["history"]] == [0, 1, 2]
     pseudo_uids = set()
     for r in (1, 2):
-        obj = torch.load(tmp_path / "out" / "semi" / f"round_{r:03d}.pt", weights_only=False)
+        obj = torch.load(tmp_path / "out" / "semi" / f"round_{r:03d}.pt", weights_only=True)
         pseudo_uids |= {q.split(":")[0] for q in obj["keys"]}
     assert pseudo_uids and "u5" not in pseudo_uids
 

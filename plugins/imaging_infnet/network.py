@@ -201,13 +201,13 @@ class InfNet(nn.Module):
     def load_backbone_weights(self, path: str | Path) -> None:
         """Load backbone weights from a local timm state dict (classifier keys ignored)."""
         from lungfuse.core.errors import DataError
+        from lungfuse.core.state_io import load_torch
 
         path = Path(path)
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise DataError(f"{path}: cannot read backbone weights ({exc}); give a torch "
-                            "state-dict file") from exc
+        sd = load_torch(path, "backbone weights", "give a torch state-dict file")
+        if not isinstance(sd, dict):
+            raise DataError(f"{path}: backbone weights are a {type(sd).__name__}, not a state "
+                            "dict; give a torch state-dict file")
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         own = self.resnet.state_dict()

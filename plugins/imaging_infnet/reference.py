@@ -55,18 +55,15 @@ def load_reference_checkpoint(path: str | Path, **kwargs: Any):
     The load is strict: the mapped key set must equal the model's key set exactly and
     every shape must agree. The result is in eval mode.
     """
-    import torch
+    from lungfuse.core.state_io import load_torch
 
     from .network import InfNet
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint file; give the path of the Inf-Net .pth")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise DataError(f"{path}: cannot read as a torch checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    # weights only: a downloaded .pth holding arbitrary objects is refused with one line
+    raw = load_torch(path, "Inf-Net checkpoint", "give the authors' Inf-Net .pth (a state dict)")
     state = map_reference_keys(_unwrap(raw, path))
     channel = kwargs.pop("channel", None)
     if channel is None:

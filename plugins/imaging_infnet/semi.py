@@ -308,7 +308,14 @@ class SemiTrainer:
             torch.save(obj, tmp)
 
     def _load_models(self, r: int) -> tuple[InfNet, InfNet | None]:
-        obj = torch.load(self._path("model", r), map_location="cpu", weights_only=False)
+        from lungfuse.core.state_io import load_torch
+
+        obj = load_torch(self._path("model", r), "semi-supervised state",
+                         f"delete {self.state_dir} to start over")
+        if not isinstance(obj, dict) or obj.get("fingerprint") != self._fp:
+            raise ConfigError(f"{self._path('model', r)}: written by a different "
+                              "semi-supervised configuration or data; use another "
+                              "out_dir/state_dir or delete it to start over")
         hp = obj["hparams"]
         student = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
         student.load_state_dict(obj["student"])
@@ -330,13 +337,11 @@ class SemiTrainer:
             old.unlink()
 
     def _load_round(self, r: int) -> dict[str, Any]:
+        from lungfuse.core.state_io import load_torch
+
         p = self._path("round", r)
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{p}: unreadable semi-supervised state ({type(exc).__name__}); "
-                            f"delete {self.state_dir} to start over") from exc
-        if obj.get("fingerprint") != self._fp:
+        obj = load_torch(p, "semi-supervised state", f"delete {self.state_dir} to start over")
+        if not isinstance(obj, dict) or obj.get("fingerprint") != self._fp:
             raise ConfigError(f"{self.state_dir}: written by a different semi-supervised "
                               f"configuration or data; use another out_dir/state_dir or "
                               f"delete it to start over")
@@ -438,8 +443,11 @@ class SemiTrainer:
             log.info("semi: resuming after round %d (%d slices in the pool)", last,
                      len(self.pool))
         if final_path.exists() and last == self.n_rounds:
-            obj = torch.load(final_path, map_location="cpu", weights_only=False)
-            if obj.get("fingerprint") == self._fp:
+            from lungfuse.core.state_io import load_torch
+
+            obj = load_torch(final_path, "semi-supervised state",
+                             f"delete {self.state_dir} to start over")
+            if isinstance(obj, dict) and obj.get("fingerprint") == self._fp:
                 student = InfNet(obj["hparams"]["backbone"], channel=obj["hparams"]["channel"])
                 student.load_state_dict(obj["student"])
                 self.final_val_dice = float(obj.get("val_dice", float("nan")))

@@ -187,7 +187,12 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         enable_progress_bar=enabled(progress), enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1, deterministic=False, num_sanity_val_steps=0,
         log_every_n_steps=1, limit_val_batches=1.0 if val_pool else 0)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    if resume:
+        from lungfuse.core.state_io import load_torch
+
+        load_torch(resume, "Lightning checkpoint to resume")  # one-line refusal of a bad file
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None,
+                weights_only=True)
     out = save_checkpoint(Path(out_dir) / "infnet.pt", module.model,
                           training_patients=module.training_patients, slices=slices,
                           extra={"epochs": trainer.current_epoch,
@@ -217,13 +222,11 @@ def load_checkpoint(path: str | Path) -> tuple[InfNet, dict[str, Any]]:
     """Load a lungfuse ``.pt``, a Lightning ``.ckpt`` from :func:`fit`, or an authors'
     Inf-Net ``.pth``. Returns the model (eval mode) and metadata with
     ``training_patients`` (``None`` when unknown) and ``slices`` settings."""
+    from lungfuse.core.state_io import load_torch
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: segmentation checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from exc
+    # weights only: a downloaded .pth that needs arbitrary objects is refused, not run
+    obj = load_torch(path, "segmentation checkpoint")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         hp = obj["hparams"]
         model = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
