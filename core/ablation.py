@@ -252,7 +252,7 @@ def run_ablation(
                               "modalities/heads); resume it with the same settings or choose "
                               "another --dir")
     else:
-        folder = new_run_dir(out_root, f"{cfg.name}-ablation", ablation_dir)
+        folder = new_run_dir(out_root, f"{cfg.name}-ablation", ablation_dir, named_by="--dir")
     cache = Path(cache_dir) if cache_dir is not None else folder / "features"
     show = progress_enabled(progress)
 

@@ -179,8 +179,22 @@ def validate_cmd(config: Path) -> None:
     click.echo(f"ok: {config}: task {cfg.task.kind}; modalities {mods}; fusion {cfg.fusion.kind}")
 
 
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` stands for a Ctrl-C: click turns KeyboardInterrupt into Abort, and
+    Lightning's ``fit`` answers it with ``sys.exit(1)`` from inside its handler."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors print one line and exit 2."""
+    """Console entry point: user errors print one line and exit 2; Ctrl-C prints
+    ``interrupted`` and exits 130, whichever command (or library inside it) caught it."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
@@ -190,8 +204,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        click.echo("interrupted" if _from_ctrl_c(exc) else "aborted", err=True)
+        sys.exit(130)
+    except SystemExit as exc:
+        if not _from_ctrl_c(exc):
+            raise
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

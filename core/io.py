@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lungfuse.core.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -19,7 +21,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -31,6 +33,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def ensure_dir(path: str | os.PathLike[str], what: str = "folder") -> Path:
+    """Create folder ``path`` (and its parents) if needed and return it.
+
+    A file standing where a folder is needed (``--output-dir`` naming a file, a cache
+    folder under a file) or a folder that cannot be created is a :class:`DataError` of
+    one line naming the offending path, not an ``OSError`` traceback. ``what`` says what
+    the folder is for, e.g. ``"output folder"``.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise DataError(f"cannot create {what} {path}: {blocker} is a file, not a folder; "
+                        "choose another location or move that file away") from None
+    except PermissionError:
+        raise DataError(f"cannot create {what} {path}: permission denied; choose a "
+                        "writable location") from None
+    return path
 
 
 def _umask() -> int:
