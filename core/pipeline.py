@@ -283,11 +283,15 @@ def check_coverage(mods: Mapping[str, tuple[type[ModalityPlugin], Any]], cohort:
     for name, (cls, mcfg) in mods.items():
         ctx = ModalityContext(workdir=workdir / name, progress=False)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        have = set(cls(mcfg).available(features_only, ctx)) & set(cohort.ids)
+        plugin = cls(mcfg)
+        have = set(plugin.available(features_only, ctx)) & set(cohort.ids)
         if not have:
+            from lungfuse.core.cohort import coverage_hint, modality_input_ids
+
+            hint = coverage_hint(cohort.ids, modality_input_ids(plugin))
             raise DataError(f"modality '{name}' ({mcfg.kind}) covers none of the "
                             f"{len(cohort.ids)} patients of {cohort.source}; check its input "
-                            "files and that their sample ids match the patient ids")
+                            f"files and that their sample ids match the patient ids ({hint})")
         out[name] = have
     return out
 

@@ -1,14 +1,29 @@
 """Plugin discovery through entry points.
 
 Listing reads package metadata only. Loading imports the plugin's module; a plugin that
-fails to import, or declares an incompatible plugin-API version, is reported with its
-name, distribution and reason, and the others keep working. Two distributions offering
-the same plugin name in one group is an error that names both.
+fails to import (whatever it raises, ``SystemExit`` included), or declares an
+incompatible plugin-API version, or a config whose ``kind`` is not exactly
+``Literal["<its name>"]``, is reported with its name, distribution and reason, and the
+others keep working.
+
+Several distributions offering one plugin name in one group are resolved when that name
+is loaded, so a clash never takes down plugins of other names:
+
+* exactly one of them loads cleanly: it is used (status ``ok``, its reason names the
+  ones passed over), the broken ones keep their own status and reason. A broken
+  third-party package named ``mutations`` therefore cannot disable the built-in one;
+* two or more load cleanly: all of those get status ``conflict`` with a reason naming
+  every distribution; the name is left out of the config union, so it is an error only
+  for a config (or ``get``) that uses it;
+* none loads: each keeps its status, and ``get`` reports every reason.
+
+``lungfuse plugins`` lists every entry with its status and reason.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +56,8 @@ class PluginEntry:
     distribution: str
     version: str
     status: str = "not loaded"  # ok | error | incompatible | conflict | not loaded
+    #: how many entries of this group share the name (> 1: resolved on loading)
+    same_name: int = 1
     reason: str = ""
     obj: Any = field(default=None, repr=False)
     _ep: Any = field(default=None, repr=False)
@@ -83,18 +100,8 @@ class Registry:
                 seen.add(key)
                 found.append(PluginEntry(ep.name, group, ep.value, dist, version, _ep=ep))
             found.sort(key=lambda e: (e.name, e.distribution))
-            by_name: dict[str, list[PluginEntry]] = {}
             for e in found:
-                by_name.setdefault(e.name, []).append(e)
-            for name, same in by_name.items():
-                if len(same) > 1:
-                    origins = " and ".join(e.origin for e in same)
-                    for e in same:
-                        e.status = "conflict"
-                        e.reason = (
-                            f"plugin name '{name}' in {group} is provided by both {origins}; "
-                            "uninstall one of them"
-                        )
+                e.same_name = sum(1 for o in found if o.name == e.name)
             self._entries[group] = found
         return self._entries[group]
 
@@ -102,22 +109,52 @@ class Registry:
         return sorted({e.name for e in self.entries(group)})
 
     # ---- loading -------------------------------------------------------------------
-    def _load_entry(self, entry: PluginEntry) -> PluginEntry:
-        if entry.status in ("ok", "error", "incompatible", "conflict"):
+    def _import_entry(self, entry: PluginEntry) -> PluginEntry:
+        """Import and check one entry (status ok / error / incompatible), once."""
+        if entry.status != "not loaded":
             return entry
         try:
             obj = entry._ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+        # SystemExit too: a plugin calling sys.exit() on import must not end the command;
+        # KeyboardInterrupt still stops it
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, not raised
             entry.status = "error"
             entry.reason = f"import failed: {type(exc).__name__}: {exc}".strip()
             return entry
-        problem = _validate_plugin(entry, obj)
+        try:
+            problem = _validate_plugin(entry, obj)
+        except Exception as exc:  # noqa: BLE001 - a plugin object that breaks when inspected
+            problem = f"cannot be inspected: {type(exc).__name__}: {exc}"
         if problem:
             entry.status = "incompatible" if "API version" in problem else "error"
             entry.reason = problem
             return entry
         entry.obj = obj
         entry.status = "ok"
+        return entry
+
+    def _load_entry(self, entry: PluginEntry) -> PluginEntry:
+        """Load ``entry``; where several entries share its name, apply the rule of the
+        module docstring to all of them."""
+        if entry.same_name <= 1:
+            return self._import_entry(entry)
+        same = [e for e in self.entries(entry.group) if e.name == entry.name]
+        if any(e.status == "not loaded" for e in same):
+            for e in same:
+                self._import_entry(e)
+            working = [e for e in same if e.status == "ok"]
+            others = [e for e in same if e.status != "ok"]
+            if len(working) == 1 and others:
+                skipped = ", ".join(f"{e.origin} ({e.status})" for e in others)
+                working[0].reason = (f"chosen over {skipped}: the other package(s) providing "
+                                     "this name failed to load")
+            elif len(working) > 1:
+                origins = " and ".join(e.origin for e in working)
+                for e in working:
+                    e.status = "conflict"
+                    e.obj = None
+                    e.reason = (f"plugin name '{e.name}' in {e.group} is provided by both "
+                                f"{origins}; uninstall one of them")
         return entry
 
     def load_all(self, group: str, *, warn: bool = True) -> list[PluginEntry]:
@@ -143,10 +180,19 @@ class Registry:
                 f"no plugin '{name}' in {group}; installed: {avail}. "
                 "Install the package that provides it, or fix the name"
             )
-        entry = self._load_entry(matches[0])
-        if entry.status != "ok":
-            raise PluginError(f"{entry.describe()} cannot be used: {entry.reason}")
-        return entry.obj
+        for e in matches:
+            self._load_entry(e)
+        ok = [e for e in matches if e.status == "ok"]
+        if ok:
+            return ok[0].obj
+        conflict = [e for e in matches if e.status == "conflict"]
+        if conflict:
+            raise PluginError(f"plugin '{name}' ({group}) cannot be used: {conflict[0].reason}")
+        if len(matches) == 1:
+            raise PluginError(f"{matches[0].describe()} cannot be used: {matches[0].reason}")
+        reasons = "; ".join(f"from {e.origin}: {e.reason}" for e in matches)
+        raise PluginError(f"plugin '{name}' ({group}) cannot be used: every package providing "
+                          f"it is broken ({reasons})")
 
     def modalities(self, *, warn: bool = True) -> dict[str, type[ModalityPlugin]]:
         return self.plugins(MODALITY_GROUP, warn=warn)
@@ -176,8 +222,11 @@ def _validate_plugin(entry: PluginEntry, obj: Any) -> str:
     if not (isinstance(cfg, type) and issubclass(cfg, BaseModel)):
         return "has no pydantic `config_model`"
     kind = cfg.model_fields.get("kind")
-    if kind is None or kind.annotation is None or name not in getattr(kind.annotation, "__args__", ()):
-        return f"config_model {cfg.__name__} must declare kind: Literal['{name}']"
+    # exactly Literal[name]: a kind with more values could claim another plugin's kind
+    # and break the config union of every plugin (validate / run / schema)
+    if (kind is None or typing.get_origin(kind.annotation) is not typing.Literal
+            or typing.get_args(kind.annotation) != (name,)):
+        return f"config_model {cfg.__name__} must declare kind: Literal['{name}'] (one value)"
     return ""
 
 

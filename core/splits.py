@@ -43,30 +43,37 @@ def make_splits(
     ids_a = np.asarray(ids, dtype=object)
     y = np.asarray(strata).astype(int)
     classes, counts = np.unique(y, return_counts=True)
+    small_class, small = classes[counts.argmin()], int(counts.min())
     if test_fraction is None:
-        small = counts.min()
         if folds > small:
+            # advice names folds that work (evaluation.folds is at least 2: never "<= 1")
             raise DataError(
-                f"{source}: {folds} folds but class {classes[counts.argmin()]} has only "
-                f"{small} patient(s); use evaluation.folds <= {small} or add patients")
-    elif counts.min() < 2:
-        raise DataError(f"{source}: class {classes[counts.argmin()]} has {counts.min()} patient; "
-                        "a stratified test split needs at least 2 per class")
+                f"{source}: {folds} folds but class {small_class} has only {small} "
+                f"patient(s); {_folds_advice(counts, None)}")
+    elif small < 2:
+        raise DataError(f"{source}: class {small_class} has {small} patient; "
+                        "a stratified test split needs at least 2 per class; add patients")
     rows = []
     for seed in seeds:
         if test_fraction is None:
             skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
             outer = list(skf.split(ids_a, y))
         else:
-            tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction,
-                                      stratify=y, random_state=seed)
+            try:
+                tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                          stratify=y, random_state=seed)
+            except ValueError as exc:  # sklearn: test split smaller than the class count ...
+                raise DataError(
+                    f"{source}: evaluation.test_fraction {test_fraction} of {len(y)} patients "
+                    f"gives no stratified test split ({exc}); raise test_fraction or add "
+                    "patients") from None
             outer = [(np.sort(tr), np.sort(te))]
         for k, (tr, te) in enumerate(outer):
             _, tr_counts = np.unique(y[tr], return_counts=True)
             if len(tr_counts) < len(classes) or tr_counts.min() < 2:
                 raise DataError(
                     f"{source}: fold {k} has fewer than 2 training patients in a class, too "
-                    "few for a validation split; use fewer folds or add patients")
+                    f"few for a validation split; {_folds_advice(counts, test_fraction)}")
             # at least one validation patient per class, at least one training one too
             n_val = min(max(math.ceil(val_fraction * len(tr)), len(classes)),
                         len(tr) - len(classes))
@@ -78,6 +85,26 @@ def make_splits(
     df = pd.DataFrame(rows, columns=["patient_id", "seed", "fold", "split"])
     df["split"] = pd.Categorical(df["split"], categories=["train", "val", "test"])
     return df.sort_values(["seed", "fold", "split", "patient_id"]).reset_index(drop=True)
+
+
+def _folds_advice(counts: np.ndarray, test_fraction: float | None) -> str:
+    """The evaluation.folds that keep 2+ training patients of every class in every fold
+    (one to fit, one to validate), or "add patients" when none does.
+
+    A fold's test part holds at most ceil(n / k) of a class of n patients, so k folds work
+    when n - ceil(n / k) >= 2 for every class, and k cannot exceed the smallest class:
+    more folds leave more patients to train on, fewer folds fewer.
+    """
+    if test_fraction is not None:
+        return "lower evaluation.test_fraction or add patients"
+    small = int(counts.min())
+    ok = [k for k in range(2, small + 1)
+          if all(int(n) - math.ceil(int(n) / k) >= 2 for n in counts)]
+    if not ok:
+        return "add patients: K-fold cross-validation needs at least 3 per class"
+    lo, hi = ok[0], ok[-1]
+    rng = f": {lo}" if lo == hi else f" between {lo} and {hi}"
+    return f"use evaluation.folds{rng}, or add patients"
 
 
 def fold_ids(splits: pd.DataFrame, seed: int, fold: int) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@
 ``ExperimentConfig`` is assembled at run time from the static sections below and the
 config models of the installed plugins (a union discriminated by ``kind``), see
 :func:`experiment_model`. Plugin authors use :data:`InputPath` for files their plugin
-reads: such paths are resolved relative to the config file and must exist.
+reads: such paths are resolved relative to the config file and must exist;
+:data:`InputFile` is the same for a file (a folder is refused).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def _resolve_input(v: Path, info: ValidationInfo) -> Path:
     return p
 
 
+def _resolve_input_file(v: Path, info: ValidationInfo) -> Path:
+    """Like :func:`_resolve_input`, and refuse a folder: a table handed a folder would fail
+    later with a reader's traceback, or read an unrelated partitioned dataset."""
+    p = _resolve_input(v, info)
+    if (info.context or {}).get("check_paths", True) and p.is_dir():
+        raise ValueError(f"expected a file, found a folder: {p}; give the file inside it")
+    return p
+
+
 def _resolve_output(v: Path, info: ValidationInfo) -> Path:
     p = Path(v).expanduser()
     if not p.is_absolute():
@@ -43,6 +53,8 @@ def _resolve_output(v: Path, info: ValidationInfo) -> Path:
 
 #: A file or folder the experiment reads: resolved relative to the config file, must exist.
 InputPath = Annotated[Path, AfterValidator(_resolve_input)]
+#: A file the experiment reads (a table, a list): like InputPath, and not a folder.
+InputFile = Annotated[Path, AfterValidator(_resolve_input_file)]
 #: A location the experiment writes: resolved relative to the config file.
 OutputPath = Annotated[Path, AfterValidator(_resolve_output)]
 
@@ -54,9 +66,9 @@ class Section(BaseModel):
 class CohortConfig(Section):
     """The cohort/clinical table: one row per patient."""
 
-    clinical: InputPath = Field(description="Parquet table, one row per patient.")
+    clinical: InputFile = Field(description="Parquet table, one row per patient.")
     patient_id: str = Field(default="patient_id", description="Column holding the patient id.")
-    sample_map: InputPath | None = Field(
+    sample_map: InputFile | None = Field(
         default=None,
         description="Optional Parquet table (sample_id, patient_id) mapping omics sample ids "
         "to patients where they differ.",
@@ -176,7 +188,7 @@ class ScoreInput(Section):
     """
 
     patients: list[ScorePatient] = Field(min_length=1)
-    clinical: InputPath | None = Field(
+    clinical: InputFile | None = Field(
         default=None, description="Optional Parquet table of the patients' covariates (and "
         "CT series ids); outcome columns, if any, are ignored.")
     patient_id: str = Field(default="patient_id", description="Id column of `clinical`.")
@@ -224,6 +236,7 @@ __all__ = [
     "EvaluationConfig",
     "ExperimentConfigBase",
     "FusionConfig",
+    "InputFile",
     "InputPath",
     "ModalityConfig",
     "NoduleLocation",

@@ -213,11 +213,18 @@ def test_refuses_non_empty_and_bad_knobs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         generate(tmp_path / "x", preset="tiny", progress=False, not_a_knob=1)
     assert not (tmp_path / "x").exists()
-    # --overwrite replaces the folder; no temporary folders are left behind
+    # --overwrite refuses a folder that is not synth output: the user's file stays
+    r = CliRunner().invoke(synth, [str(out), "--preset", "tiny", "--patients", "4",
+                                   "--overwrite"])
+    assert r.exit_code == 2 and "not a lungfuse synth output" in r.output
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+    # ... and replaces an earlier synth output; no temporary folders are left behind
+    (out / "keep.txt").unlink()
+    assert CliRunner().invoke(synth, [str(out), "--patients", "4", "--no-ct"]).exit_code == 0
     r = CliRunner().invoke(synth, [str(out), "--preset", "tiny", "--patients", "4",
                                    "--overwrite"])
     assert r.exit_code == 0, r.output
-    assert not (out / "keep.txt").exists() and (out / "clinical.parquet").exists()
+    assert (out / "clinical.parquet").exists() and (out / "ct").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 

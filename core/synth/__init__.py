@@ -15,9 +15,12 @@ Layout written under ``out_dir`` (see docs/synthetic.md for the generative model
     omics/expression.parquet    wide (sample + one float32 column per gene) or long
     truth.parquet               latent risk components per patient (analysis/tests only)
     synth.json                  preset, seed, knobs, version
+    .lungfuse-synth             marker: this folder is synth output (see below)
 
 Everything is written into a temporary folder next to ``out_dir`` and renamed at the end,
 so a crash leaves nothing half-written. The same seed and knobs give the same bytes.
+``overwrite`` replaces only an earlier synth output: a non-empty folder without the
+marker, or holding entries synth does not write (the user's files), is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ from typing import Any
 from lungfuse.core.errors import DataError
 from lungfuse.core.synth.presets import PRESETS, SYNTH_FORMAT_VERSION, SynthConfig, planned_count
 
-__all__ = ["generate", "SynthResult", "SynthConfig", "PRESETS", "planned_count"]
+__all__ = ["generate", "SynthResult", "SynthConfig", "PRESETS", "SYNTH_MARKER", "planned_count"]
+
+#: File written into every synth output; ``overwrite`` replaces only folders holding it.
+SYNTH_MARKER = ".lungfuse-synth"
+#: The top-level entries a synth output may hold.
+_SYNTH_ENTRIES = frozenset({"clinical.parquet", "ct", "omics", "truth.parquet", "synth.json",
+                            SYNTH_MARKER})
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,20 @@ def _non_empty(path: Path) -> bool:
     return any(path.iterdir())
 
 
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace ``out`` unless it is an earlier synth output and nothing else:
+    ``--overwrite`` must never delete a user's folder or files put beside the data."""
+    if not (out / SYNTH_MARKER).is_file():
+        raise DataError(f"output folder {out} is not empty and is not a lungfuse synth output "
+                        f"(no {SYNTH_MARKER} file); --overwrite replaces only earlier synth "
+                        "output: choose another folder, or empty this one yourself")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in _SYNTH_ENTRIES)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise DataError(f"output folder {out} holds files synth did not write ({shown}); "
+                        "--overwrite would delete them: move them out or choose another folder")
+
+
 def generate(out_dir: str | os.PathLike[str], preset: str = "tiny", patients: int | None = None,
              seed: int = 0, long: bool = False, progress: bool = True, overwrite: bool = False,
              **knobs: Any) -> SynthResult:
@@ -89,8 +112,11 @@ def generate(out_dir: str | os.PathLike[str], preset: str = "tiny", patients: in
     cfg = make_config(preset, patients, seed, long, knobs)
     if out.exists() and not out.is_dir():
         raise DataError(f"output path {out} is a file; choose a folder")
-    if _non_empty(out) and not overwrite:
-        raise DataError(f"output folder {out} is not empty; choose another or pass --overwrite")
+    if _non_empty(out):
+        if not overwrite:
+            raise DataError(f"output folder {out} is not empty; choose another or pass "
+                            "--overwrite (which replaces an earlier synth output only)")
+        _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
     try:
@@ -216,4 +242,7 @@ def _write_all(cfg: SynthConfig, root: Path, progress: bool) -> dict[str, int]:
                    "sequenced_zero_calls": int(cohort.zero_calls.sum()), **counts},
         "genes": len(genes), "presets": sorted(PRESETS),
     })
+    (root / SYNTH_MARKER).write_text(
+        "Written by `lungfuse synth`. `lungfuse synth --overwrite` may replace this folder "
+        "(and only folders holding this file).\n", encoding="utf-8")
     return counts

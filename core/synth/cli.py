@@ -30,7 +30,8 @@ class _UserError(click.ClickException):
 @click.option("--long", "long_", is_flag=True, help="Expression in long layout (sample, gene, value).")
 @click.option("--no-ct", is_flag=True, help="Skip CT (a genomics-only cohort, quick for bench).")
 @click.option("--with-ct", is_flag=True, help="Write CT even where the preset skips it (bench).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT if it holds an earlier synth output (and nothing else).")
 def synth(out: Path, preset: str, patients: int | None, seed: int,
           long_: bool, no_ct: bool, with_ct: bool, overwrite: bool) -> None:
     """Write a synthetic cohort to OUT: LUNA16 CT + masks, MAF mutations, expression,

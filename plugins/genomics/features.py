@@ -71,6 +71,7 @@ class MutationSource:
         self.path = Path(config.path)
         self._table: R.ParquetTable | None = None
         self._maf_samples: list[str] | None = None
+        self._raw_samples: dict[str, list[str]] = {}  # stripped barcode -> spellings in file
         self._sequenced: list[str] | None = None
         self._mapper: R.SampleMapper | None = None
 
@@ -97,14 +98,22 @@ class MutationSource:
         return self._mapper
 
     def maf_samples(self) -> list[str]:
-        """Distinct sample barcodes with any row in the MAF (only that column is read)."""
+        """Distinct sample barcodes with any row in the MAF (only that column is read),
+        surrounding whitespace stripped (the raw spellings are kept to filter rows)."""
         if self._maf_samples is None:
             col = self.table().read([SAMPLE]).column(SAMPLE)
             uniq = pc.unique(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
             if pa.types.is_dictionary(uniq.type):
                 uniq = uniq.dictionary_decode()
-            self._maf_samples = sorted(s for s in uniq.to_pylist() if s)
+            self._raw_samples = R.strip_ids(uniq.to_pylist())
+            self._maf_samples = sorted(self._raw_samples)
         return self._maf_samples
+
+    def input_ids(self) -> list[str]:
+        """The patient ids the MAF's barcodes map to (raw barcodes that map to none), for
+        the "covers none of the patients" hint."""
+        mapper = self.mapper()
+        return sorted({mapper(s) or s for s in self.maf_samples()})
 
     def sequenced(self) -> list[str] | None:
         if self.cfg.sequenced_samples is None:
@@ -168,10 +177,11 @@ class MutationSource:
 
         Projection: only the needed columns; filters: class and sample ``in`` sets. Text
         columns come dictionary-encoded (one chunk, one dictionary)."""
+        self.maf_samples()  # the raw spellings of the barcodes
         flt = (
-            pc.field(CLASS).isin(self.cfg.non_silent_classes())
+            pc.field(CLASS).isin(R.text_set(self.cfg.non_silent_classes()))
             & (pc.field(GENE) != "Unknown")
-            & pc.field(SAMPLE).isin(list(samples))
+            & pc.field(SAMPLE).isin(R.text_set(R.raw_spellings(samples, self._raw_samples)))
         )
         t = self.table().read(list(columns), flt)
         return t.unify_dictionaries().combine_chunks()
@@ -204,14 +214,16 @@ class MutationSource:
         pos = {p: i for i, p in enumerate(patients)}
         s2i = {s: pos[p] for p, ss in by.items() for s in ss}
         codes, dictionary = MutationSource._codes(t, SAMPLE)
-        lut = np.array([s2i.get(s, -1) for s in dictionary] + [-1], dtype="int64")
+        lut = np.array([s2i.get(s.strip(), -1) for s in dictionary] + [-1], dtype="int64")
         return lut[codes]  # code -1 (null) picks the trailing -1
 
     def _tmb(self, t: pa.Table, by: dict[str, list[str]], patients: list[str]) -> np.ndarray:
         """TMB per patient of ``patients``: max over its samples of calls / capture_mb."""
         codes, dictionary = self._codes(t, SAMPLE)
         n = np.bincount(codes[codes >= 0], minlength=len(dictionary))
-        per_sample = dict(zip(dictionary, n.tolist(), strict=True))
+        per_sample: dict[str, int] = {}
+        for s, k in zip(dictionary, n.tolist(), strict=True):  # spellings of one barcode add
+            per_sample[s.strip()] = per_sample.get(s.strip(), 0) + k
         return np.array([max((per_sample.get(s, 0) for s in by.get(p, [])), default=0)
                          for p in patients], dtype="float64") / self.cfg.capture_mb
 
@@ -221,6 +233,14 @@ class MutationSource:
         if not by and not extra:
             raise DataError(f"{self.path}: no training patient has mutation data; check the "
                             "barcodes (barcode_rule / sample_map) against the cohort ids")
+        if not by and self.maf_samples():
+            # untested: wildtype would silently turn every call-less patient wild-type
+            from lungfuse.core.cohort import coverage_hint
+
+            raise DataError(f"{self.path}: none of the {len(self.maf_samples())} sample(s) "
+                            f"of the MAF maps to a training patient, so every patient would be "
+                            f"wild-type; check barcode_rule / sample_map "
+                            f"({coverage_hint(list(ids), self.input_ids())})")
         samples = sorted(s for ss in by.values() for s in ss)
         patients = sorted(set(by) | extra)
         t = self.calls(samples, [SAMPLE, GENE] if self.cfg.top_n is not None else [SAMPLE])
@@ -314,6 +334,7 @@ class ExpressionSource:
         self._layout: str | None = None
         self._table: R.ParquetTable | None = None
         self._samples: list[str] | None = None
+        self._raw_samples: dict[str, list[str]] = {}  # stripped id -> spellings in file
         self._mapper: R.SampleMapper | None = None
 
     # -- inputs ----------------------------------------------------------------------------
@@ -337,14 +358,27 @@ class ExpressionSource:
                                                       c.value_column: "numeric"}, "expression")
             elif c.orientation == "samples_x_genes":
                 R.require_columns(self.path, schema, {c.sample_column: "string"}, "expression")
+                self._no_duplicate_columns(schema, "gene")
             else:
                 if c.gene_id == "entrez" and c.gene_column in names and R.is_numeric_type(
                         schema.field(c.gene_column).type):
                     gene_kind = "numeric"
                 R.require_columns(self.path, schema, {c.gene_column: gene_kind}, "expression")
+                self._no_duplicate_columns(schema, "sample")
             self._table, self._layout = table, layout
         assert self._layout is not None and self._table is not None
         return self._table.schema, self._layout
+
+    def _no_duplicate_columns(self, schema: pa.Schema, what: str) -> None:
+        """A wide table names each gene (or sample) once: a repeated column would be read
+        twice and its values be ambiguous."""
+        from collections import Counter
+
+        repeated = [n for n, k in Counter(schema.names).items() if k > 1]
+        if repeated:
+            dup = repeated[0]
+            raise DataError(f"{self.path}: {what} column {dup!r} appears more than once in the "
+                            f"expression table; keep one column per {what}")
 
     def _read(self, columns: Sequence[str], flt: Any = None) -> pa.Table:
         self.schema()
@@ -367,8 +401,16 @@ class ExpressionSource:
                 col = self._read([c.sample_column]).column(0)
                 col = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
                 s = pc.unique(col.combine_chunks()).to_pylist()
-            self._samples = sorted(x for x in s if x)
+            # ids are matched stripped; the raw spellings select rows / columns
+            self._raw_samples = R.strip_ids(s)
+            self._samples = sorted(self._raw_samples)
         return self._samples
+
+    def input_ids(self) -> list[str]:
+        """The patient ids the table's samples map to (raw sample ids that map to none),
+        for the "covers none of the patients" hint."""
+        mapper = self.mapper()
+        return sorted({mapper(s) or s for s in self.samples()})
 
     def table_genes(self) -> list[str]:
         """Gene ids in the table (wide: the schema; long/genes × samples: the gene column)."""
@@ -399,14 +441,16 @@ class ExpressionSource:
         exist; all when None). Reads only those columns / rows."""
         schema, layout = self.schema()
         c = self.cfg
-        samples = list(samples)
+        self.samples()  # the raw spellings of the sample ids
+        samples = R.raw_spellings(samples, self._raw_samples)
         if layout == "wide" and c.orientation == "samples_x_genes":
             present = self.table_genes()
             have = set(present)
             cols = present if genes is None else [g for g in genes if g in have]
             R.check_numeric_columns(self.path, schema, cols, "expression")
-            t = self._read([c.sample_column, *cols], pc.field(c.sample_column).isin(samples))
-            ids = t.column(c.sample_column).cast(pa.string()).to_pylist()
+            t = self._read([c.sample_column, *cols],
+                           pc.field(c.sample_column).isin(R.text_set(samples)))
+            ids = [str(i) for i in R.stripped_text(t.column(c.sample_column))]
             data = np.column_stack([
                 t.column(g).to_numpy(zero_copy_only=False).astype("float64", copy=False)
                 for g in cols
@@ -424,7 +468,7 @@ class ExpressionSource:
             R.check_numeric_columns(self.path, schema, cols, "expression")
             flt = None
             if genes is not None:
-                flt = pc.field(gcol).cast(pa.string()).isin(list(genes))
+                flt = pc.field(gcol).cast(pa.string()).isin(R.text_set(genes))
             t = self._read([gcol, *cols], flt)
             gids = [str(g) for g in t.column(gcol).to_pylist()]
             if len(set(gids)) != len(gids):
@@ -435,18 +479,23 @@ class ExpressionSource:
                 t.column(s).to_numpy(zero_copy_only=False).astype("float64", copy=False)
                 for s in cols
             ]) if cols else np.empty((len(gids), 0))
-            return pd.DataFrame(data.T, index=pd.Index(cols), columns=gids)
+            out = pd.DataFrame(data.T, index=pd.Index([s.strip() for s in cols]), columns=gids)
+            if out.index.has_duplicates:
+                dup = out.index[out.index.duplicated()][0]
+                raise DataError(f"{self.path}: sample {dup!r} has two columns in the expression "
+                                "table (ids differing only by spaces); keep one per sample")
+            return out
         # long layout
         gcol, vcol, scol = c.gene_column, c.value_column, c.sample_column
-        flt = pc.field(scol).isin(samples)
+        flt = pc.field(scol).isin(R.text_set(samples))
         if genes is not None:
             gfield = pc.field(gcol)
             if R.is_numeric_type(schema.field(gcol).type):
                 gfield = gfield.cast(pa.string())
-            flt = flt & gfield.isin(list(genes))
+            flt = flt & gfield.isin(R.text_set(genes))
         t = self._read([scol, gcol, vcol], flt)
         df = pd.DataFrame({
-            "sample": t.column(scol).cast(pa.string()).to_pylist(),
+            "sample": R.stripped_text(t.column(scol)),
             "gene": t.column(gcol).cast(pa.string()).to_pylist(),
             "value": t.column(vcol).to_numpy(zero_copy_only=False).astype("float64"),
         })

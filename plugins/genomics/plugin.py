@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
-from lungfuse.schemas import InputPath
+from lungfuse.schemas import InputFile
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,7 +74,7 @@ DEFAULT_HOTSPOTS: tuple[str, ...] = (
 class _GenomicsConfig(ModalityConfig):
     """Settings shared by both genomics modalities: sample mapping and encoder."""
 
-    sample_map: InputPath | None = Field(
+    sample_map: InputFile | None = Field(
         default=None,
         description="Optional Parquet table mapping sample ids to patients (columns "
         "`sample_id`, `patient_id`); takes precedence over `barcode_rule`.",
@@ -106,11 +106,11 @@ class MutationsConfig(_GenomicsConfig):
     """Somatic mutations (MAF columns in Parquet) → gene, hotspot and TMB features."""
 
     kind: Literal["mutations"] = "mutations"
-    path: InputPath = Field(
+    path: InputFile = Field(
         description="Parquet MAF: Tumor_Sample_Barcode, Hugo_Symbol, Variant_Classification "
         "(+ HGVSp_Short for hotspots, t_alt_count/t_depth for VAF weighting)."
     )
-    sequenced_samples: InputPath | None = Field(
+    sequenced_samples: InputFile | None = Field(
         default=None,
         description="Text file, one sequenced sample barcode per line (as cBioPortal case "
         "lists): a sequenced patient without calls is wild-type, others are missing.",
@@ -188,7 +188,7 @@ class ExpressionConfig(_GenomicsConfig):
     """Gene expression (wide or long Parquet) → transformed, selected gene features."""
 
     kind: Literal["expression"] = "expression"
-    path: InputPath = Field(description="Parquet expression table (wide or long layout).")
+    path: InputFile = Field(description="Parquet expression table (wide or long layout).")
     layout: Literal["auto", "wide", "long"] = Field(
         default="auto",
         description="`wide`: one row per sample, one column per gene; `long`: rows "
@@ -218,7 +218,7 @@ class ExpressionConfig(_GenomicsConfig):
         default="lung", description="`lung` (packaged panel) or a list of gene ids."
     )
     top_n: int = Field(default=500, ge=1, description="Genes kept by `top_variance`.")
-    gmt: InputPath | None = Field(default=None, description="GMT file of gene sets.")
+    gmt: InputFile | None = Field(default=None, description="GMT file of gene sets.")
     min_set_size: int = Field(
         default=2, ge=1, description="GMT sets with fewer genes in the table are dropped."
     )
@@ -262,6 +262,11 @@ class _GenomicsModality(ModalityPlugin):
 
     def available(self, cohort: pd.DataFrame, ctx: ModalityContext) -> set[str]:
         return set(self._src().available(_ids(cohort), ctx.log))
+
+    def input_ids(self) -> list[str]:
+        """The patient ids this modality's samples map to (optional hook: core shows a
+        few beside the cohort's when the modality covers none of the patients)."""
+        return list(self._src().input_ids())
 
     def build_encoder(self, n_features: int) -> torch.nn.Module:
         from lungfuse.plugins.genomics.encoders import build_encoder

@@ -2,14 +2,19 @@
 
 Every reader checks what it reads up front and raises :class:`DataError` with one line
 naming the file, the problem and the fix: not a Parquet file, no rows, a missing column
-(listing the columns present), a wrong dtype. Tables are read with column projection
-and ``in`` filters on sample / gene ids, so a 20,000-gene table is never read whole when
-a 50-gene panel is wanted.
+(listing the columns present), a column present twice, a wrong dtype. Tables are read
+with column projection and ``in`` filters on sample / gene ids, so a 20,000-gene table
+is never read whole when a 50-gene panel is wanted.
+
+Sample and patient ids are compared with surrounding whitespace stripped
+(:func:`strip_ids`), as the cohort's patient ids are, so a MAF exported with
+``" TCGA-..."`` barcodes loses no calls; the raw spellings still select the rows.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
@@ -48,10 +53,9 @@ def _check_file(path: Path, what: str) -> None:
 
 
 def _not_parquet(path: Path, what: str, exc: Exception) -> DataError:
-    return DataError(
-        f"{path}: {what} file is not a Parquet file ({type(exc).__name__}); "
-        f"convert it, e.g. pandas.read_csv(...).to_parquet(...)"
-    )
+    from lungfuse.core.cohort import unreadable_parquet
+
+    return DataError(unreadable_parquet(path, what, exc))
 
 
 def open_parquet(path: Path, what: str) -> pq.ParquetFile:
@@ -97,22 +101,42 @@ class ParquetTable:
             raise _not_parquet(self.path, what, exc) from exc
         if self.num_rows == 0:
             raise DataError(f"{self.path}: {what} file has no rows; check that the export worked")
-        self.dataset = ds.FileSystemDataset([frag], self.schema, fmt)
+        # a column name present twice makes every scan fail, even one that does not read
+        # it: the dataset leaves such columns out (reading one is refused in ``read``)
+        counts = Counter(self.schema.names)
+        once = pa.schema([f for f in self.schema if counts[f.name] == 1]) \
+            if len(counts) != len(self.schema) else self.schema
+        self.dataset = ds.FileSystemDataset([frag], once, fmt)
 
     def read(self, columns: Sequence[str], filter: Any = None) -> pa.Table:  # noqa: A002
         """Only ``columns``, only rows matching ``filter`` (a ``pyarrow.compute`` expression)."""
+        for col in dict.fromkeys(columns):
+            column_field(self.path, self.schema, col, self.what)  # present once
         try:
             return self.dataset.to_table(columns=list(columns), filter=filter)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError,
-                OSError) as exc:
-            raise DataError(f"{self.path}: could not read the {self.what} file ({exc}); "
-                            "check the file") from exc
+        except (pa.ArrowException, OSError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{self.path}: could not read the {self.what} file ({detail}); "
+                            "it may be truncated or damaged: export it again") from exc
+
+
+def column_field(path: Path, schema: pa.Schema, col: str, what: str) -> pa.Field:
+    """The field ``col`` of ``schema``; a DataError if it is missing or present twice
+    (``pa.Schema.field`` raises a bare KeyError for both)."""
+    i = schema.get_field_index(col)  # hashed lookup; -1 when missing or duplicated
+    if i >= 0:
+        return schema.field(i)
+    n = schema.names.count(col)
+    if n == 0:
+        raise DataError(f"{path}: {what} file has no column {col!r}; check the column names")
+    raise DataError(f"{path}: column {col!r} appears {n} times in the {what} file; keep one "
+                    "column of each name")
 
 
 def require_columns(
     path: Path, schema: pa.Schema, columns: dict[str, str], what: str
 ) -> None:
-    """Check that ``columns`` ({name: 'string'|'numeric'}) exist with the right type."""
+    """Check that ``columns`` ({name: 'string'|'numeric'}) exist once with the right type."""
     names = list(schema.names)
     missing = [c for c in columns if c not in names]
     if missing:
@@ -126,7 +150,7 @@ def require_columns(
 
 
 def check_type(path: Path, schema: pa.Schema, col: str, kind: str, what: str) -> None:
-    t = schema.field(col).type
+    t = column_field(path, schema, col, what).type
     ok = is_string_type(t) if kind == "string" else is_numeric_type(t)
     if not ok:
         raise DataError(
@@ -136,13 +160,57 @@ def check_type(path: Path, schema: pa.Schema, col: str, kind: str, what: str) ->
 
 
 def check_numeric_columns(path: Path, schema: pa.Schema, cols: Iterable[str], what: str) -> None:
-    bad = [c for c in cols if not is_numeric_type(schema.field(c).type)]
+    bad = [c for c in cols if not is_numeric_type(column_field(path, schema, c, what).type)]
     if bad:
         t = schema.field(bad[0]).type
         raise DataError(
             f"{path}: {len(bad)} column(s) of the {what} file are not numeric (e.g. "
             f"{bad[0]!r} has type {t}); gene columns must hold numbers"
         )
+
+
+def strip_ids(raw: Iterable[Any]) -> dict[str, list[str]]:
+    """``{stripped id: [the raw spellings in the file]}`` of the non-blank text ids in
+    ``raw``: ids are matched stripped, and the raw spellings select rows in the file."""
+    out: dict[str, list[str]] = {}
+    for r in raw:
+        if not isinstance(r, str):
+            continue
+        key = r.strip()
+        if key:
+            out.setdefault(key, []).append(r)
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def stripped_text(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """A text column's values with surrounding whitespace stripped (``str.strip``, as ids
+    are matched), nulls as None. A dictionary column's dictionary is stripped once, not
+    every row."""
+    import numpy as np
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[str | None] = []
+    for arr in chunks:
+        if pa.types.is_dictionary(arr.type):
+            values = np.array([None if v is None else str(v).strip()
+                               for v in arr.dictionary.to_pylist()] + [None], dtype=object)
+            idx = arr.indices.fill_null(len(values) - 1).to_numpy(zero_copy_only=False)
+            out.extend(values[idx].tolist())
+        else:
+            out.extend(None if v is None else str(v).strip()
+                       for v in arr.cast(pa.string()).to_pylist())
+    return out
+
+
+def text_set(values: Iterable[str]) -> pa.Array:
+    """A typed value set for ``isin`` filters: an empty Python list would be typed null,
+    which pyarrow refuses to compare with a text column."""
+    return pa.array(list(values), pa.string())
+
+
+def raw_spellings(ids: Iterable[str], raw_of: dict[str, list[str]]) -> list[str]:
+    """Every raw spelling of the stripped ``ids`` (an id unknown to ``raw_of`` as is)."""
+    return [r for i in ids for r in raw_of.get(i, [i])]
 
 
 # -- small side files ----------------------------------------------------------------------
@@ -165,12 +233,16 @@ def read_sample_map(path: Path) -> dict[str, str]:
     pf = open_parquet(path, "sample map")
     require_columns(path, pf.schema_arrow, {"sample_id": "string", "patient_id": "string"},
                     "sample map")
-    t = pq.read_table(path, columns=["sample_id", "patient_id"])
+    try:
+        t = pf.read(columns=["sample_id", "patient_id"])
+    except (pa.ArrowException, OSError) as exc:
+        raise _not_parquet(path, "sample map", exc) from exc
     samples = t.column("sample_id").to_pylist()
     patients = t.column("patient_id").to_pylist()
     out: dict[str, str] = {}
     for s, p in zip(samples, patients, strict=True):
-        if s is None or p is None:
+        s, p = (s.strip() if s else ""), (p.strip() if p else "")
+        if not s or not p:
             continue
         if s in out and out[s] != p:
             raise DataError(f"{path}: sample {s!r} maps to two patients ({out[s]}, {p}); "
@@ -210,6 +282,7 @@ class SampleMapper:
         self.rule = barcode_rule
 
     def __call__(self, sample: str) -> str | None:
+        sample = sample.strip()
         if self.table is not None:
             return self.table.get(sample)
         return sample[:12] if self.rule == "tcga" else sample
