@@ -29,12 +29,13 @@ Folder::
 
     ablation.json  config.yaml  splits.parquet  ablation.parquet  ablation.md
     ablation.png  comparisons.parquet  report.html
-    features/<modality>/<cache key>/{features.parquet, state.pkl}
+    features/<modality>/<cache key>/{features.parquet, state.json, state.safetensors}
     variants/<variant>/{seed<S>-fold<K>.parquet, predictions.parquet, metrics.json}
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,25 @@ def _row(v: Variant, metrics: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+@contextlib.contextmanager
+def _records_end(path: Path, base_state: dict[str, Any]) -> Iterator[None]:
+    """An ablation that stops early says so in ``ablation.json``: "interrupted" (Ctrl-C,
+    SIGTERM) or "failed", with the reason; rerunning with the same ``--dir`` resumes it."""
+    from lungfuse.core.pipeline import RunInterrupted, _one_line
+
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        why = str(exc) if isinstance(exc, RunInterrupted) else "Ctrl-C (KeyboardInterrupt)"
+        io.write_json(path, {**base_state, "status": "interrupted", "reason": why,
+                             "finished": time.time()})
+        raise
+    except BaseException as exc:
+        io.write_json(path, {**base_state, "status": "failed", "reason": _one_line(exc),
+                             "finished": time.time()})
+        raise
+
+
 def run_ablation(
     config: Any,
     *,
@@ -263,107 +283,108 @@ def run_ablation(
                                 "head": v.head} for v in variants],
                   "task": cfg.task.kind, "started": started}
     io.write_json(folder / "ablation.json", {**base_state, "status": "running"})
+    with _records_end(folder / "ablation.json", base_state):
 
-    with tempfile.TemporaryDirectory(prefix="lungfuse-coverage") as cov:
-        coverage = check_coverage(mods, cohort, Path(cov))
-    grid = None
-    if cfg.task.kind == "survival":
-        from lungfuse.core.metrics import survival_time_grid
+        with tempfile.TemporaryDirectory(prefix="lungfuse-coverage") as cov:
+            coverage = check_coverage(mods, cohort, Path(cov))
+        grid = None
+        if cfg.task.kind == "survival":
+            from lungfuse.core.metrics import survival_time_grid
 
-        t, e = cohort.outcome_columns
-        grid = survival_time_grid(cohort.table[t].to_numpy(), cohort.table[e].to_numpy())
-    fold_keys = sorted({(int(s), int(k)) for s, k in splits[["seed", "fold"]].itertuples(index=False)})
-    prepared: dict[tuple[str, int, int], Any] = {}
+            t, e = cohort.outcome_columns
+            grid = survival_time_grid(cohort.table[t].to_numpy(), cohort.table[e].to_numpy())
+        fold_keys = sorted({(int(s), int(k)) for s, k in splits[["seed", "fold"]].itertuples(index=False)})
+        prepared: dict[tuple[str, int, int], Any] = {}
 
-    def features(m: str, seed: int, fold: int, train: list[str]) -> Any:
-        key = (m, seed, fold)
-        if key not in prepared:  # once per (modality, seed, fold), shared by all variants
-            cls, mcfg = mods[m]
-            prepared[key] = prepare_fold_features(
-                m, cls, mcfg, cohort, train, seed=seed, fold=fold,
-                workdir=folder / "modalities" / m / f"seed{seed}-fold{fold}", cache_dir=cache,
-                progress=False)
-        return prepared[key]
+        def features(m: str, seed: int, fold: int, train: list[str]) -> Any:
+            key = (m, seed, fold)
+            if key not in prepared:  # once per (modality, seed, fold), shared by all variants
+                cls, mcfg = mods[m]
+                prepared[key] = prepare_fold_features(
+                    m, cls, mcfg, cohort, train, seed=seed, fold=fold,
+                    workdir=folder / "modalities" / m / f"seed{seed}-fold{fold}", cache_dir=cache,
+                    progress=False)
+            return prepared[key]
 
-    trained = skipped = 0
-    results: dict[str, pd.DataFrame] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    bar = tqdm(variants, desc="ablation", unit="variant", disable=not show)
-    for v in bar:
-        bar.set_postfix_str(v.label)
-        vdir = folder / "variants" / v.id
-        vcfg = cfg.model_copy(update={"fusion": head_cfgs[v.head]})
-        parts = []
-        for seed, fold in fold_keys:
-            part = vdir / f"seed{seed}-fold{fold}.parquet"
-            if part.exists():
-                parts.append(pd.read_parquet(part))
-                skipped += 1
-                continue
-            ids = fold_ids(splits, seed, fold)
-            prep = {m: features(m, seed, fold, ids["train"]) for m in v.modalities}
-            with tempfile.TemporaryDirectory(prefix="lungfuse-ablate") as scratch:
-                res = train_fold(vcfg, cohort, prep, mods, head_plugins[v.head], ids,
-                                 seed=seed, fold=fold, fold_dir=Path(scratch), progress=False,
-                                 time_grid=grid, write=False)
-            pred = res.predictions.drop(columns=[c for c in res.predictions.columns
-                                                 if c.startswith("present_")])
-            pred.insert(0, "variant", v.label)
-            io.write_parquet(part, pred, index=False)
-            parts.append(pred)
-            trained += 1
-        pred = pd.concat(parts, ignore_index=True)
-        results[v.label] = pred
-        if (vdir / "metrics.json").exists() and (vdir / "predictions.parquet").exists():
-            metrics[v.label] = json.loads((vdir / "metrics.json").read_text(encoding="utf-8"))
-        else:
-            metrics[v.label] = evaluate_predictions(pred, vcfg, cohort, grid)
-            io.write_parquet(vdir / "predictions.parquet", pred, index=False)
-            io.write_json(vdir / "metrics.json", metrics[v.label])
-    bar.close()
+        trained = skipped = 0
+        results: dict[str, pd.DataFrame] = {}
+        metrics: dict[str, dict[str, Any]] = {}
+        bar = tqdm(variants, desc="ablation", unit="variant", disable=not show)
+        for v in bar:
+            bar.set_postfix_str(v.label)
+            vdir = folder / "variants" / v.id
+            vcfg = cfg.model_copy(update={"fusion": head_cfgs[v.head]})
+            parts = []
+            for seed, fold in fold_keys:
+                part = vdir / f"seed{seed}-fold{fold}.parquet"
+                if part.exists():
+                    parts.append(pd.read_parquet(part))
+                    skipped += 1
+                    continue
+                ids = fold_ids(splits, seed, fold)
+                prep = {m: features(m, seed, fold, ids["train"]) for m in v.modalities}
+                with tempfile.TemporaryDirectory(prefix="lungfuse-ablate") as scratch:
+                    res = train_fold(vcfg, cohort, prep, mods, head_plugins[v.head], ids,
+                                     seed=seed, fold=fold, fold_dir=Path(scratch), progress=False,
+                                     time_grid=grid, write=False)
+                pred = res.predictions.drop(columns=[c for c in res.predictions.columns
+                                                     if c.startswith("present_")])
+                pred.insert(0, "variant", v.label)
+                io.write_parquet(part, pred, index=False)
+                parts.append(pred)
+                trained += 1
+            pred = pd.concat(parts, ignore_index=True)
+            results[v.label] = pred
+            if (vdir / "metrics.json").exists() and (vdir / "predictions.parquet").exists():
+                metrics[v.label] = json.loads((vdir / "metrics.json").read_text(encoding="utf-8"))
+            else:
+                metrics[v.label] = evaluate_predictions(pred, vcfg, cohort, grid)
+                io.write_parquet(vdir / "predictions.parquet", pred, index=False)
+                io.write_json(vdir / "metrics.json", metrics[v.label])
+        bar.close()
 
-    primary = PRIMARY[cfg.task.kind]
-    table = pd.DataFrame([_row(v, metrics[v.label]) for v in variants])
-    singles = table[table["n_modalities"] == 1]
-    ref = str(singles.sort_values(primary, ascending=False, na_position="last")
-               .iloc[0]["variant"])
-    comps = []
-    for v in variants:
-        d = _paired(results[v.label], results[ref], cfg.task.kind, cfg.evaluation.bootstrap,
-                    cfg.seed) if v.label != ref else \
-            {"difference": 0.0, "ci_low": float("nan"), "ci_high": float("nan"),
-             "p_not_better": float("nan"), "n_boot": 0}
-        comps.append({"variant": v.label, "reference": ref, "metric": primary, **d})
-    comp = pd.DataFrame(comps)
-    table[f"{primary}_delta_vs_ref"] = comp["difference"].to_numpy()
-    table[f"{primary}_delta_ci_low"] = comp["ci_low"].to_numpy()
-    table[f"{primary}_delta_ci_high"] = comp["ci_high"].to_numpy()
-    table[f"{primary}_p_not_better"] = comp["p_not_better"].to_numpy()
-    table["reference"] = ref
-    table = table.sort_values([primary, "n_modalities"], ascending=[False, True],
-                              na_position="last").reset_index(drop=True)
-    io.write_parquet(folder / "ablation.parquet", table, index=False)
-    io.write_parquet(folder / "comparisons.parquet", comp, index=False)
-    io.write_text(folder / "ablation.md", summary_markdown(table, cfg.task.kind, ref))
-    io.write_json(folder / "ablation.json", {
-        **base_state, "status": "complete", "finished": time.time(),
-        "seconds": round(time.time() - started, 2), "reference": ref, "primary": primary,
-        "trained_this_call": trained, "resumed_from_disk": skipped,
-        "coverage": {m: len(v) for m, v in coverage.items()}, "patients": len(cohort.ids),
-        "folds": [list(k) for k in fold_keys]})
-    from lungfuse.core.report import figure_png, interval_bars_figure
+        primary = PRIMARY[cfg.task.kind]
+        table = pd.DataFrame([_row(v, metrics[v.label]) for v in variants])
+        singles = table[table["n_modalities"] == 1]
+        ref = str(singles.sort_values(primary, ascending=False, na_position="last")
+                   .iloc[0]["variant"])
+        comps = []
+        for v in variants:
+            d = _paired(results[v.label], results[ref], cfg.task.kind, cfg.evaluation.bootstrap,
+                        cfg.seed) if v.label != ref else \
+                {"difference": 0.0, "ci_low": float("nan"), "ci_high": float("nan"),
+                 "p_not_better": float("nan"), "n_boot": 0}
+            comps.append({"variant": v.label, "reference": ref, "metric": primary, **d})
+        comp = pd.DataFrame(comps)
+        table[f"{primary}_delta_vs_ref"] = comp["difference"].to_numpy()
+        table[f"{primary}_delta_ci_low"] = comp["ci_low"].to_numpy()
+        table[f"{primary}_delta_ci_high"] = comp["ci_high"].to_numpy()
+        table[f"{primary}_p_not_better"] = comp["p_not_better"].to_numpy()
+        table["reference"] = ref
+        table = table.sort_values([primary, "n_modalities"], ascending=[False, True],
+                                  na_position="last").reset_index(drop=True)
+        io.write_parquet(folder / "ablation.parquet", table, index=False)
+        io.write_parquet(folder / "comparisons.parquet", comp, index=False)
+        io.write_text(folder / "ablation.md", summary_markdown(table, cfg.task.kind, ref))
+        io.write_json(folder / "ablation.json", {
+            **base_state, "status": "complete", "finished": time.time(),
+            "seconds": round(time.time() - started, 2), "reference": ref, "primary": primary,
+            "trained_this_call": trained, "resumed_from_disk": skipped,
+            "coverage": {m: len(v) for m, v in coverage.items()}, "patients": len(cohort.ids),
+            "folds": [list(k) for k in fold_keys]})
+        from lungfuse.core.report import figure_png, interval_bars_figure
 
-    fig = interval_bars_figure(table["variant"].tolist(), table[primary].to_numpy(np.float64),
-                               table[f"{primary}_ci_low"].to_numpy(np.float64),
-                               table[f"{primary}_ci_high"].to_numpy(np.float64),
-                               metric=primary, title="Ablation (held-out, 95% CI)",
-                               highlight=ref)
-    io.write_bytes(folder / "ablation.png", figure_png(fig))
-    if report:
-        from lungfuse.core.reporting import render_folder
+        fig = interval_bars_figure(table["variant"].tolist(), table[primary].to_numpy(np.float64),
+                                   table[f"{primary}_ci_low"].to_numpy(np.float64),
+                                   table[f"{primary}_ci_high"].to_numpy(np.float64),
+                                   metric=primary, title="Ablation (held-out, 95% CI)",
+                                   highlight=ref)
+        io.write_bytes(folder / "ablation.png", figure_png(fig))
+        if report:
+            from lungfuse.core.reporting import render_folder
 
-        render_folder(folder)
-    return AblationResult(folder, table, ref, trained, skipped)
+            render_folder(folder)
+        return AblationResult(folder, table, ref, trained, skipped)
 
 
 def summary_markdown(table: pd.DataFrame, task: str, reference: str) -> str:

@@ -66,7 +66,7 @@ class LazyGroup(click.Group):
             entry = next(e for e in default_registry().entries(COMMAND_GROUP) if e.name == name)
             try:
                 return entry._ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin command must not break --help
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin command must not break --help
                 reason = (f"command '{name}' from {entry.origin} failed to load: "
                           f"{type(exc).__name__}: {exc}")
 

@@ -297,7 +297,8 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
     with steps.step("train the fused model (lungfuse run)"):
         from lungfuse.core.pipeline import run_experiment
 
-        run = run_experiment(out / "experiment.yaml", cache_dir=cache, progress=progress)
+        run = run_experiment(out / "experiment.yaml", cache_dir=cache, progress=progress,
+                             report=False)
         paths["run"] = str(run.run_dir)
         summary["run_metrics"] = {k: run.metrics["overall"][k] for k in
                                   ("auroc", "brier", "ece")}
@@ -321,7 +322,8 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
                                 progress=progress).patients
         paths["scores"] = str(out / "scores")
         summary["scores"] = [{"patient_id": r["patient_id"], "risk": r["risk"],
-                              "uncertainty": r["uncertainty"], "missing": r["missing"]}
+                              "uncertainty": r["uncertainty"], "missing": r["missing"],
+                              "status": r.get("status", "scored"), "page": r.get("page")}
                              for r in scored]
 
     with steps.step("write the reports"):
@@ -332,7 +334,7 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
         paths["scores_report"] = str(Path(paths["scores"]) / "report.html")
         paths["figure"] = str(Path(paths["ablation"]) / "ablation.png")
         paths["patient_pages"] = ", ".join(
-            str(out / "scores" / "patients" / f"{p}.html") for p in groups["new"])
+            str(out / "scores" / sc["page"]) for sc in summary["scores"] if sc.get("page"))
 
     total = round(time.perf_counter() - t_all, 1)
     result = DemoResult(out, {**steps.timings, "total": total}, paths, summary)
@@ -356,6 +358,9 @@ def _echo_summary(r: DemoResult, echo: Callable[[str], None]) -> None:
         echo(f"  best single modality: {r.summary['ablation_reference']}")
     for sc in r.summary.get("scores", []):
         miss = f" (missing: {', '.join(sc['missing'])})" if sc["missing"] else ""
+        if sc.get("risk") is None:
+            echo(f"  patient {sc['patient_id']}: not scored ({sc.get('status', 'error')})")
+            continue
         echo(f"  patient {sc['patient_id']}: risk {sc['risk']:.3f} ± {sc['uncertainty']:.3f}{miss}")
     echo("")
     echo("  timings (s):")

@@ -118,11 +118,13 @@ def ablation(tmp_path_factory):
         run_ablation(cfg, heads=["gated", "concat"], ablation_dir=folder,
                      plugins=[CountingModality], progress=False)
     mp.undo()
+    killed_state = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
     first_parts = {p: p.stat().st_mtime_ns for p in folder.glob("variants/*/seed*-fold*.parquet")}
     prepares_first = list(CountingModality.prepares)
     res = run_ablation(cfg, heads=["gated", "concat"], ablation_dir=folder,
                        plugins=[CountingModality], progress=False)
     return {"cfg": cfg, "folder": folder, "res": res, "first_parts": first_parts,
+            "killed_state": killed_state,
             "prepares_first": prepares_first, "prepares": list(CountingModality.prepares)}
 
 
@@ -141,6 +143,31 @@ def test_killed_ablation_resumes_where_it_stopped(ablation):
         assert p.stat().st_mtime_ns == mtime, f"{p} was recomputed on resume"
     state = json.loads((ablation["folder"] / "ablation.json").read_text(encoding="utf-8"))
     assert state["status"] == "complete"
+
+
+def test_failed_ablation_says_so_until_resumed(ablation):
+    killed = ablation["killed_state"]
+    assert killed["status"] == "failed"
+    assert killed["reason"] == "Killed: simulated kill"
+    done = json.loads((ablation["folder"] / "ablation.json").read_text(encoding="utf-8"))
+    assert done["status"] == "complete" and "reason" not in done
+
+
+def test_interrupted_ablation_records_interrupted(tmp_path, monkeypatch):
+    import lungfuse.core.pipeline as pipeline
+    from lungfuse.core.ablation import run_ablation
+
+    cfg = make_data(tmp_path)
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train_fold", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(cfg, ablation_dir=tmp_path / "abl", plugins=[CountingModality],
+                     progress=False, report=False)
+    state = json.loads((tmp_path / "abl" / "ablation.json").read_text(encoding="utf-8"))
+    assert state["status"] == "interrupted" and "Ctrl-C" in state["reason"]
 
 
 def test_variants_share_identical_held_out_patients(ablation):

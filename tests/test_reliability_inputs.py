@@ -113,6 +113,31 @@ def test_plugin_exiting_on_import_is_reported_and_plugins_lists_the_rest(
     assert "lfx_exit" in out and "import failed: SystemExit: 3" in out
 
 
+def test_plugin_command_exiting_on_import_does_not_end_help(
+        extra_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `lungfuse.commands` entry point whose module calls sys.exit on import is listed as
+    unavailable; `lungfuse --help` and the other commands still work."""
+    from lungfuse.core.cli import main
+    from lungfuse.core.registry import COMMAND_GROUP
+
+    make_dist(extra_path, "cmd-exit-dist", "0.1", COMMAND_GROUP,
+              {"lfxcmd": "lfx_cmd_exit:cmd"}, {"lfx_cmd_exit": "import sys\nsys.exit(4)\n"})
+    default_registry(refresh=True)
+    for argv in (["--help"], ["lfxcmd", "--help"]):
+        try:
+            main(argv)
+            code: Any = 0
+        except SystemExit as exc:
+            code = exc.code
+        assert code in (0, None), (argv, code)
+    out = capsys.readouterr().out
+    assert "lfxcmd" in out and "unavailable" in out and "SystemExit" in out
+    with pytest.raises(SystemExit) as info:
+        main(["lfxcmd"])
+    assert info.value.code == 2
+    assert "failed to load: SystemExit: 4" in capsys.readouterr().err
+
+
 def test_plugin_claiming_another_kind_is_skipped_and_configs_still_validate(
         extra_path: Path) -> None:
     greedy = good_fusion_module("lfx_greedy").replace(

@@ -296,11 +296,15 @@ class InfNetModality(ModalityPlugin):
                                   "candidate_source": "sweep"}
         nod = patient.get("nodule")
         if nod:
+            import hashlib
+
             import pandas as pd
 
             from lungfuse.core import io
 
-            path = Path(workdir) / f"{pid}-nodule.csv"
+            # the id may hold '/', ':' or be long: name the file by a hash of it
+            digest = hashlib.sha256(pid.encode("utf-8")).hexdigest()[:16]
+            path = Path(workdir) / f"nodule-{digest}.csv"
             with io.atomic_path(path) as tmp:
                 pd.DataFrame([{"seriesuid": pid, "coordX": nod["x"], "coordY": nod["y"],
                                "coordZ": nod["z"], "diameter_mm": nod["diameter_mm"]}]
