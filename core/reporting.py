@@ -386,6 +386,10 @@ def render_scores(folder: Path) -> Path:
         link = (f"<a href='{html.escape(page)}'>{html.escape(p['patient_id'])}</a>"
                 if page else html.escape(p["patient_id"]))
         risk, unc = p.get("risk"), p.get("uncertainty")
+        if p.get("status") == "error":  # given data that could not be used: never "no data"
+            rows.append(f"<tr><td>{link}</td><td colspan='4'><b>not scored</b>: "
+                        f"{html.escape(str(p.get('error') or 'see its page'))}</td></tr>")
+            continue
         rows.append(f"<tr><td>{link}</td><td>{'–' if risk is None else f'{risk:.3f}'}</td>"
                     f"<td>{'–' if unc is None else f'{unc:.3f}'}"
                     f"</td><td>{html.escape(', '.join(p.get('present', [])) or 'none')}</td>"

@@ -97,6 +97,9 @@ def test_case7_unusable_given_data_is_an_error_for_that_patient_only(
         page = (res.folder / by_id[pid]["page"]).read_text(encoding="utf-8")
         assert "could not be used" in page and reason in page
         assert "no data" not in page and "nothing is known" not in page
+    index = (res.folder / "report.html").read_text(encoding="utf-8")
+    row = index[index.index("NEW-BAD"):].split("</tr>")[0]
+    assert "not scored" in row and "truncated" in row and "none" not in row
 
     # the CLI: a line per failed patient on stderr, the others on stdout, exit status 1
     monkeypatch.setattr(scoring, "score_patients",
