@@ -177,7 +177,7 @@ def main() -> None:
               f"- second run, features from the cache: **{r2['second']:.1f} s** wall "
               f"(Lightning fit {r2['fit']:.1f} s; epochs per fold {r2['epochs']}; "
               f"AUROC {r2['auroc']:.3f}); target < 60 s", ""]
-    from lungfuse.core.io import write_text
+    from lungfuse.core.atomic import write_text
 
     write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")

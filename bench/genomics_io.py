@@ -300,7 +300,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.small:
-        from lungfuse.core.io import write_text
+        from lungfuse.core.atomic import write_text
 
         write_text(a.out, text)
         print(f"wrote {a.out}")

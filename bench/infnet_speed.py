@@ -307,10 +307,10 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        from lungfuse.core.io import write_text
+        from lungfuse.core.atomic import write_text
 
         write_text(HERE / "results" / "infnet_speed.md", text)
-        from lungfuse.core.io import write_json
+        from lungfuse.core.atomic import write_json
 
         write_json(HERE / "results" / "infnet_speed.json", results)
 

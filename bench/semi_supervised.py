@@ -236,14 +236,13 @@ def budget(train: Any, n_slices: int, steps: int, decay_at: float) -> Any:
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     import torch
 
-    from lungfuse.plugins.imaging_infnet.config import SliceSettings, TrainSettings
+    from lungfuse.plugins.imaging_infnet.config import SemiSettings, SliceSettings, TrainSettings
     from lungfuse.plugins.imaging_infnet.dataset import SlicePool, build_pool
     from lungfuse.plugins.imaging_infnet.semi import (
         SemiTrainer,
         predict_probs,
         split_labelled,
     )
-    from lungfuse.plugins.imaging_infnet.semi_config import SemiSettings
     from lungfuse.plugins.imaging_infnet.train import fit
 
     t0 = time.perf_counter()
@@ -355,7 +354,7 @@ def score_state(trainer: Any, vpool: list[Any]) -> dict[str, float]:
         return {}
     obj = torch.load(path, map_location="cpu", weights_only=True)
     hp = obj["hparams"]
-    m = InfNet(hp["backbone"], channel=hp["channel"])
+    m = InfNet.from_hparams(hp)
     m.load_state_dict(obj["student"])
     return score(m.eval(), vpool)
 

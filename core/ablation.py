@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lungfuse.core import io
+from lungfuse.core import atomic
 from lungfuse.core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,11 +197,11 @@ def _records_end(path: Path, base_state: dict[str, Any]) -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         why = str(exc) if isinstance(exc, RunInterrupted) else "Ctrl-C (KeyboardInterrupt)"
-        io.write_json(path, {**base_state, "status": "interrupted", "reason": why,
+        atomic.write_json(path, {**base_state, "status": "interrupted", "reason": why,
                              "finished": time.time()})
         raise
     except BaseException as exc:
-        io.write_json(path, {**base_state, "status": "failed", "reason": _one_line(exc),
+        atomic.write_json(path, {**base_state, "status": "failed", "reason": _one_line(exc),
                              "finished": time.time()})
         raise
 
@@ -276,13 +276,13 @@ def run_ablation(
     cache = Path(cache_dir) if cache_dir is not None else folder / "features"
     show = progress_enabled(progress)
 
-    io.write_text(folder / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    io.write_parquet(folder / "splits.parquet", splits, index=False)
+    atomic.write_text(folder / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic.write_parquet(folder / "splits.parquet", splits, index=False)
     base_state = {"config_hash": chash, "modalities": names, "heads": heads,
                   "variants": [{"id": v.id, "label": v.label, "modalities": list(v.modalities),
                                 "head": v.head} for v in variants],
                   "task": cfg.task.kind, "started": started}
-    io.write_json(folder / "ablation.json", {**base_state, "status": "running"})
+    atomic.write_json(folder / "ablation.json", {**base_state, "status": "running"})
     with _records_end(folder / "ablation.json", base_state):
 
         with tempfile.TemporaryDirectory(prefix="lungfuse-coverage") as cov:
@@ -330,7 +330,7 @@ def run_ablation(
                 pred = res.predictions.drop(columns=[c for c in res.predictions.columns
                                                      if c.startswith("present_")])
                 pred.insert(0, "variant", v.label)
-                io.write_parquet(part, pred, index=False)
+                atomic.write_parquet(part, pred, index=False)
                 parts.append(pred)
                 trained += 1
             pred = pd.concat(parts, ignore_index=True)
@@ -339,8 +339,8 @@ def run_ablation(
                 metrics[v.label] = json.loads((vdir / "metrics.json").read_text(encoding="utf-8"))
             else:
                 metrics[v.label] = evaluate_predictions(pred, vcfg, cohort, grid)
-                io.write_parquet(vdir / "predictions.parquet", pred, index=False)
-                io.write_json(vdir / "metrics.json", metrics[v.label])
+                atomic.write_parquet(vdir / "predictions.parquet", pred, index=False)
+                atomic.write_json(vdir / "metrics.json", metrics[v.label])
         bar.close()
 
         primary = PRIMARY[cfg.task.kind]
@@ -363,25 +363,26 @@ def run_ablation(
         table["reference"] = ref
         table = table.sort_values([primary, "n_modalities"], ascending=[False, True],
                                   na_position="last").reset_index(drop=True)
-        io.write_parquet(folder / "ablation.parquet", table, index=False)
-        io.write_parquet(folder / "comparisons.parquet", comp, index=False)
-        io.write_text(folder / "ablation.md", summary_markdown(table, cfg.task.kind, ref))
-        io.write_json(folder / "ablation.json", {
+        atomic.write_parquet(folder / "ablation.parquet", table, index=False)
+        atomic.write_parquet(folder / "comparisons.parquet", comp, index=False)
+        atomic.write_text(folder / "ablation.md", summary_markdown(table, cfg.task.kind, ref))
+        atomic.write_json(folder / "ablation.json", {
             **base_state, "status": "complete", "finished": time.time(),
             "seconds": round(time.time() - started, 2), "reference": ref, "primary": primary,
             "trained_this_call": trained, "resumed_from_disk": skipped,
             "coverage": {m: len(v) for m, v in coverage.items()}, "patients": len(cohort.ids),
             "folds": [list(k) for k in fold_keys]})
-        from lungfuse.core.report import figure_png, interval_bars_figure
+        from lungfuse.core.report.figures import interval_bars_figure
+        from lungfuse.core.report.html import figure_png
 
         fig = interval_bars_figure(table["variant"].tolist(), table[primary].to_numpy(np.float64),
                                    table[f"{primary}_ci_low"].to_numpy(np.float64),
                                    table[f"{primary}_ci_high"].to_numpy(np.float64),
                                    metric=primary, title="Ablation (held-out, 95% CI)",
                                    highlight=ref)
-        io.write_bytes(folder / "ablation.png", figure_png(fig))
+        atomic.write_bytes(folder / "ablation.png", figure_png(fig))
         if report:
-            from lungfuse.core.reporting import render_folder
+            from lungfuse.core.report import render_folder
 
             render_folder(folder)
         return AblationResult(folder, table, ref, trained, skipped)

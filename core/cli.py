@@ -144,8 +144,8 @@ def schema_cmd(output: Path | None, check: bool) -> None:
 
     Point your editor's YAML support at it to get completion and checking.
     """
+    from lungfuse.core.atomic import write_text
     from lungfuse.core.config import experiment_model_from
-    from lungfuse.core.io import write_text
     from lungfuse.schemas import SCHEMA_FILE
 
     text = schema_text(experiment_model_from())

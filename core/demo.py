@@ -44,7 +44,7 @@ from typing import Any
 
 import click
 
-from lungfuse.core import io
+from lungfuse.core import atomic
 from lungfuse.core.errors import DataError
 
 __all__ = ["DemoSettings", "demo_command", "run_demo"]
@@ -160,7 +160,7 @@ def _segment_config(out: Path, data: Path, uids: list[str], unlabelled: list[str
                        "k_per_round": 24, "rounds": 2, "epochs_per_round": 2,
                        "final_epochs": 1, "slice_stride": 2, "batch_size": 16}
     path = out / "segment" / "segment.yaml"
-    io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return path, semi
 
 
@@ -215,7 +215,7 @@ def _score_input(out: Path, data: Path, clinical: Any, new: list[str]) -> Path:
                               "sequenced_samples": str(data / "omics" / "sequenced_samples.txt")},
                 "expression": {"path": str(data / "omics" / "expression.parquet")}}}
     path = out / "score_input.yaml"
-    io.write_text(path, yaml.safe_dump(spec, sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -240,10 +240,10 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
                        progress=progress, **s.synth_knobs)
         clinical = pd.read_parquet(res.clinical).set_index("patient_id")
         groups = _partition(clinical, data, s)
-        io.write_parquet(data / "cohort.parquet",
+        atomic.write_parquet(data / "cohort.parquet",
                          clinical.loc[groups["cohort"]].reset_index(), index=False)
         new_tab = clinical.loc[groups["new"]].drop(columns=["malignant", "time", "event"])
-        io.write_parquet(data / "new_patients.parquet", new_tab.reset_index(), index=False)
+        atomic.write_parquet(data / "new_patients.parquet", new_tab.reset_index(), index=False)
         summary["patients"] = {k: len(v) for k, v in groups.items()}
         summary["new_patients"] = groups["new"]
         echo(f"    {res.n_patients} patients, {res.n_series} CT series, {res.n_nodules} "
@@ -266,7 +266,7 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
     import yaml
 
     exp = _experiment(out, data, checkpoint, s)
-    io.write_text(out / "experiment.yaml", yaml.safe_dump(exp, sort_keys=False))
+    atomic.write_text(out / "experiment.yaml", yaml.safe_dump(exp, sort_keys=False))
     paths["config"] = str(out / "experiment.yaml")
     cache = out / "cache"
 
@@ -327,7 +327,7 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
                              for r in scored]
 
     with steps.step("write the reports"):
-        from lungfuse.core.reporting import render_folder
+        from lungfuse.core.report import render_folder
 
         paths["run_report"] = str(render_folder(Path(paths["run"])))
         paths["ablation_report"] = str(render_folder(Path(paths["ablation"])))
@@ -338,7 +338,7 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
 
     total = round(time.perf_counter() - t_all, 1)
     result = DemoResult(out, {**steps.timings, "total": total}, paths, summary)
-    io.write_json(out / MARKER, {"timings_s": result.timings, "paths": paths,
+    atomic.write_json(out / MARKER, {"timings_s": result.timings, "paths": paths,
                                  "summary": summary, "settings": {
                                      k: (list(v) if isinstance(v, tuple) else v)
                                      for k, v in s.__dict__.items()}})

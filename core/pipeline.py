@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lungfuse.core import io
+from lungfuse.core import atomic
 from lungfuse.core.cohort import Cohort, load_cohort
 from lungfuse.core.contracts import FusionPlugin, ModalityContext, ModalityPlugin
 from lungfuse.core.errors import ConfigError, DataError
@@ -195,16 +195,16 @@ def new_run_dir(output_dir: Path, name: str, run_dir: Path | None = None,
         explicit = explicit.absolute()
         if rank0:
             _refuse_used_folder(explicit, named_by if run_dir is not None else RUN_DIR_ENV)
-        return io.ensure_dir(explicit, "run folder")
+        return atomic.ensure_dir(explicit, "run folder")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
     if world > 1 and job and job != "none":
         p = (Path(output_dir) / f"{name}-job{job}").absolute()
         if rank0:
             _refuse_used_folder(p, f"the run folder of job {job}")
-        return io.ensure_dir(p, "run folder")
+        return atomic.ensure_dir(p, "run folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    output_dir = io.ensure_dir(Path(output_dir).absolute(), "output folder")
+    output_dir = atomic.ensure_dir(Path(output_dir).absolute(), "output folder")
     for i in range(1, 10_000):
         p = Path(output_dir) / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
         try:
@@ -484,7 +484,7 @@ def prepare_fold_features(
     state = plugin.state_dict()
     state_io.check_state({name: state})  # an unstorable state fails here, before training
     if cached is not None and write:
-        io.write_parquet(cached / "features.parquet", feats)
+        atomic.write_parquet(cached / "features.parquet", feats)
         state_io.save_state(cached / "state.json", {name: state})
         (cached / "state.pkl").unlink(missing_ok=True)
     return PreparedModality(name, feats, state, key)
@@ -583,7 +583,13 @@ def train_fold(
     import torch
 
     from lungfuse.core.calibration import apply_calibration, fit_calibration, sigmoid
-    from lungfuse.core.train import FoldData, FusionDataModule, FusionModel, FusionTask, predict
+    from lungfuse.core.fusion_model import (
+        FoldData,
+        FusionDataModule,
+        FusionModel,
+        FusionTask,
+        predict,
+    )
 
     names = list(prepared)
     feats = {m: prepared[m].features for m in names}
@@ -666,11 +672,11 @@ def train_fold(
         # fitted state first (an unstorable one fails before model.pt exists); JSON +
         # safetensors, never pickle: run folders are shared (see core/state_io.py)
         save_state(fold_dir / "modality_state.json", {m: prepared[m].state for m in names})
-        with io.atomic_path(fold_dir / "model.pt") as tmp:
+        with atomic.atomic_path(fold_dir / "model.pt") as tmp:
             torch.save({"state_dict": model.state_dict(), "embedding_dims": dims,
                         "n_features": n_features, "modalities": names}, tmp)
-        io.write_json(fold_dir / "meta.json", meta)
-        io.write_parquet(fold_dir / "predictions.parquet", pred, index=False)
+        atomic.write_json(fold_dir / "meta.json", meta)
+        atomic.write_parquet(fold_dir / "predictions.parquet", pred, index=False)
     return FoldResult(seed, fold, pred, meta, model)
 
 
@@ -883,7 +889,7 @@ class _RunStatus:
     def update(self, **changes: Any) -> None:
         with self.lock:
             self.data.update(changes)
-            io.write_json(self.path, self.data)
+            atomic.write_json(self.path, self.data)
 
     def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
         def beat() -> None:
@@ -1203,8 +1209,8 @@ def run_experiment(
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
             if resume is None:
-                io.write_text(rdir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-                io.write_parquet(rdir / "splits.parquet", splits, index=False)
+                atomic.write_text(rdir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+                atomic.write_parquet(rdir / "splits.parquet", splits, index=False)
             if resume is not None:
                 log.info("resuming %s: %d of %d folds already finished", rdir, len(done),
                          len(folds))
@@ -1238,7 +1244,7 @@ def run_experiment(
                     workdir=work / name / tag, cache_dir=cache_dir, progress=show and rank0,
                     write=rank0)
                 if rank0:
-                    io.write_parquet(rdir / "features" / name / f"{tag}.parquet",
+                    atomic.write_parquet(rdir / "features" / name / f"{tag}.parquet",
                                      prepared[name].features)
             res = train_fold(cfg, cohort, prepared, mods, fusion, ids, seed=seed, fold=fold,
                              fold_dir=rdir / "models" / tag, progress=False, time_grid=grid,
@@ -1251,11 +1257,11 @@ def run_experiment(
             return None
         results.sort(key=lambda r: (r.seed, r.fold))  # fold order: same bootstrap as one go
         pred = pd.concat([r.predictions for r in results], ignore_index=True)
-        io.write_parquet(rdir / "predictions.parquet", pred, index=False)
+        atomic.write_parquet(rdir / "predictions.parquet", pred, index=False)
         metrics = evaluate_predictions(pred, cfg, cohort, grid)
         metrics["patients"] = len(cohort.ids)
         metrics["coverage"] = {m: len(v) for m, v in coverage.items()}
-        io.write_json(rdir / "metrics.json", metrics)
+        atomic.write_json(rdir / "metrics.json", metrics)
         finished = time.time()
         status.end("complete", finished=finished, seconds=round(finished - started, 2),
                    folds=[_fold_info(r.meta) for r in results],
@@ -1292,7 +1298,7 @@ def run_experiment(
 def _write_report(rdir: Path, say: Callable[[str], Any]) -> None:
     """``report.html`` of a finished run; a report that cannot be built is a warning
     (the run's results are complete), with the command that retries it."""
-    from lungfuse.core.reporting import render_run
+    from lungfuse.core.report.run import render_run
 
     try:
         render_run(rdir)
@@ -1328,7 +1334,7 @@ class TrainedFold:
         import pandas as pd
 
         from lungfuse.core.calibration import apply_calibration, sigmoid
-        from lungfuse.core.train import FoldData, predict
+        from lungfuse.core.fusion_model import FoldData, predict
 
         data = FoldData.build(ids, features, np.zeros(len(ids)))
         raw, w = predict(self.model, data)
@@ -1358,8 +1364,8 @@ def load_fold_model(run_dir: Path, seed: int, fold: int, registry: Registry | No
     import yaml
 
     from lungfuse.core.config import validate_config
+    from lungfuse.core.fusion_model import FusionModel
     from lungfuse.core.state_io import first_line, legacy_state_error, load_state, load_torch
-    from lungfuse.core.train import FusionModel
 
     run_dir = Path(run_dir)
     reg: Registry = registry or default_registry()

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lungfuse.core import io
+from lungfuse.core import atomic
 from lungfuse.core.errors import ConfigError, DataError, LungfuseError
 from lungfuse.core.registry import Registry
 
@@ -460,8 +460,8 @@ def score_patients(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from lungfuse.core.fusion_model import FoldData, predict
     from lungfuse.core.pipeline import pattern_of, progress_enabled
-    from lungfuse.core.train import FoldData, predict
 
     started = time.time()
     run_dir = Path(run_dir).resolve()
@@ -481,7 +481,7 @@ def score_patients(
     ids = [p.id for p in spec.patients]
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=_parent(out)))
-    os.chmod(staging, 0o777 & ~io._umask())  # mkdtemp makes 0700; the folder is shared
+    os.chmod(staging, 0o777 & ~atomic._umask())  # mkdtemp makes 0700; the folder is shared
     handler = logging.FileHandler(staging / "score.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -549,9 +549,9 @@ def score_patients(
         for s in summaries:
             for note in s["notes"]:
                 log.warning("score: patient %s: %s", s["patient_id"], note)
-        io.write_parquet(staging / "scores_by_model.parquet", by_model, index=False)
-        io.write_parquet(staging / "attributions.parquet", attr, index=False)
-        io.write_parquet(staging / "scores.parquet", _flat(summaries, first["names"]),
+        atomic.write_parquet(staging / "scores_by_model.parquet", by_model, index=False)
+        atomic.write_parquet(staging / "attributions.parquet", attr, index=False)
+        atomic.write_parquet(staging / "scores.parquet", _flat(summaries, first["names"]),
                          index=False)
         if report:
             pages = _page_names(ids)
@@ -568,9 +568,9 @@ def score_patients(
                          + ("risk = calibrated probability of malignancy" if
                             cfg.task.kind == "binary" else "risk = log relative hazard")),
                 "patients": summaries}
-        io.write_json(staging / "scores.json", info)
+        atomic.write_json(staging / "scores.json", info)
         if report:
-            from lungfuse.core.reporting import render_scores
+            from lungfuse.core.report.scores import render_scores
 
             for s in summaries:
                 _patient_page(staging / s["page"], s, info, spec, first, table, staging)
@@ -758,7 +758,8 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
 
     import pandas as pd
 
-    from lungfuse.core.report import Section, bar_figure, write_report
+    from lungfuse.core.report.figures import bar_figure
+    from lungfuse.core.report.html import Section, write_report
 
     if s["status"] == "error":
         _error_page(path, s, info, first)
@@ -832,7 +833,7 @@ def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
     """The page of a patient not scored: which data given for them failed, and why."""
     import html
 
-    from lungfuse.core.report import Section, write_report
+    from lungfuse.core.report.html import Section, write_report
 
     items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>"
                     for m, r in s["failed"].items())
@@ -849,8 +850,8 @@ def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
 
 def _nodule_section(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any],
                     table: Any) -> Any:
-    from lungfuse.core.report import Section
-    from lungfuse.core.reporting import ct_example
+    from lungfuse.core.report.html import Section
+    from lungfuse.core.report.run import ct_example
 
     entry = next(p for p in spec.patients if p.id == s["patient_id"])
     for m, plugin in first["plugins"].items():

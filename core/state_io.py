@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lungfuse.core import io
+from lungfuse.core import atomic
 from lungfuse.core.errors import DataError, PluginError
 
 __all__ = [
@@ -242,10 +242,10 @@ def save_state(path: str | Path, states: Mapping[str, Any]) -> Path:
         blob = st_save(arrays, metadata={"format": STATE_FORMAT,
                                          "version": str(STATE_VERSION)})
         apath = arrays_path(path)
-        io.write_bytes(apath, blob)
+        atomic.write_bytes(apath, blob)
         doc["arrays"] = {"file": apath.name, "bytes": len(blob),
                          "sha256": hashlib.sha256(blob).hexdigest(), "count": len(arrays)}
-    io.write_text(path, json.dumps(doc, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(doc, ensure_ascii=False, allow_nan=False) + "\n")
     return path
 
 

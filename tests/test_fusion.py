@@ -144,7 +144,7 @@ def test_cox_efron_loss_matches_scikit_survival() -> None:
     from sksurv.linear_model import CoxPHSurvivalAnalysis
     from sksurv.util import Surv
 
-    from lungfuse.core.train import cox_loss
+    from lungfuse.core.fusion_model import cox_loss
 
     rng = np.random.default_rng(0)
     n = 80

@@ -372,11 +372,11 @@ def test_output_or_cache_dir_that_is_a_file(data, tmp_path) -> None:
 
 
 def test_atomic_write_under_a_file_is_one_line(tmp_path) -> None:
-    from lungfuse.core import io
+    from lungfuse.core import atomic
 
     (tmp_path / "f").write_text("x", encoding="utf-8")
     with pytest.raises(DataError, match=r"f is a file, not a folder") as exc:
-        io.write_json(tmp_path / "f" / "sub" / "a.json", {})
+        atomic.write_json(tmp_path / "f" / "sub" / "a.json", {})
     assert "\n" not in str(exc.value)
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from browser import chromium, render_counts
 
-from lungfuse.core import report as R
+from lungfuse.core.report import figures as F
+from lungfuse.core.report import html as H
 
 
 def _sample_report(tmp_path):
@@ -20,17 +21,17 @@ def _sample_report(tmp_path):
     mask = np.zeros((64, 64))
     mask[20:30, 25:35] = 1
     sections = [
-        R.Section("Discrimination", text=["held-out patients"],
-                  figures=[(R.roc_figure({"fused": (y, p)}), "ROC"),
-                           (R.calibration_figure({"fused": (y, p)}), "calibration")]),
-        R.Section("Survival", figures=[(R.km_figure(rng.uniform(1, 50, 80), rng.integers(0, 2, 80),
+        H.Section("Discrimination", text=["held-out patients"],
+                  figures=[(F.roc_figure({"fused": (y, p)}), "ROC"),
+                           (F.calibration_figure({"fused": (y, p)}), "calibration")]),
+        H.Section("Survival", figures=[(F.km_figure(rng.uniform(1, 50, 80), rng.integers(0, 2, 80),
                                                     np.where(p > 0.5, "high", "low")), "KM")]),
-        R.Section("Ablation", tables=[pd.DataFrame({"variant": ["a", "b"], "auroc": [0.7, 0.8]})],
-                  figures=[(R.interval_bars_figure(["a", "b"], [0.7, 0.8], [0.6, 0.7], [0.8, 0.9]),
+        H.Section("Ablation", tables=[pd.DataFrame({"variant": ["a", "b"], "auroc": [0.7, 0.8]})],
+                  figures=[(F.interval_bars_figure(["a", "b"], [0.7, 0.8], [0.6, 0.7], [0.8, 0.9]),
                             "bars"),
-                           (R.overlay_figure(img, mask, mask), "segmentation <overlay>")]),
+                           (F.overlay_figure(img, mask, mask), "segmentation <overlay>")]),
     ]
-    return R.write_report(tmp_path / "report.html", "Run <demo>", sections, subtitle="seed 0")
+    return H.write_report(tmp_path / "report.html", "Run <demo>", sections, subtitle="seed 0")
 
 
 def test_report_is_self_contained(tmp_path):

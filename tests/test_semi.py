@@ -16,7 +16,11 @@ torch = pytest.importorskip("torch")
 from lungfuse.core.errors import ConfigError, DataError  # noqa: E402
 from lungfuse.plugins.imaging_infnet import ctio, synthetic  # noqa: E402
 from lungfuse.plugins.imaging_infnet import semi as semi_mod  # noqa: E402
-from lungfuse.plugins.imaging_infnet.config import SliceSettings, TrainSettings  # noqa: E402
+from lungfuse.plugins.imaging_infnet.config import (  # noqa: E402
+    SemiSettings,  # noqa: E402
+    SliceSettings,
+    TrainSettings,
+)
 from lungfuse.plugins.imaging_infnet.dataset import (  # noqa: E402
     SliceDataset,
     SliceItem,
@@ -32,7 +36,6 @@ from lungfuse.plugins.imaging_infnet.semi import (  # noqa: E402
     candidates_from_cases,
     check_no_test_patients,
 )
-from lungfuse.plugins.imaging_infnet.semi_config import SemiSettings  # noqa: E402
 from lungfuse.plugins.imaging_infnet.train import fit, load_checkpoint  # noqa: E402
 
 SLICES = SliceSettings(img_size=64)

@@ -158,7 +158,7 @@ def _write_all(cfg: SynthConfig, root: Path, progress: bool) -> dict[str, int]:
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from lungfuse.core.io import write_json
+    from lungfuse.core.atomic import write_json
     from lungfuse.core.synth import omics
     from lungfuse.core.synth.latent import draw_cohort
 

@@ -272,7 +272,7 @@ def write_example(workdir: Path, patient_ids: list[str]) -> ClinicalConfig:
     """A tiny covariate file for ``patient_ids``: every 5th patient is absent from it, the
     third has a row with every value missing, and some ages, pack-years and sexes are
     missing, so every path of the modality is exercised."""
-    from lungfuse.core.io import write_parquet
+    from lungfuse.core.atomic import write_parquet
 
     rng = np.random.default_rng(0)
     rows = []

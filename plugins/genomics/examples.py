@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lungfuse.core.io import write_parquet, write_text
+from lungfuse.core.atomic import write_parquet, write_text
 
 GENES = ["EGFR", "KRAS", "TP53", "STK11", "KEAP1", "BRAF", "PIK3CA", "SMARCA4"]
 CHANGES = {"KRAS": ["p.G12C", "p.G12D", "p.Q61H"], "EGFR": ["p.L858R", "p.E746_A750del"],

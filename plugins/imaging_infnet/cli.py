@@ -153,7 +153,7 @@ def _overlay(path: Path, vol, prob, threshold: float) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from lungfuse.core.io import atomic_path
+    from lungfuse.core.atomic import atomic_path
 
     m = prob >= threshold
     z = int(np.argmax(m.reshape(m.shape[0], -1).sum(1))) if m.any() else vol.array.shape[0] // 2
@@ -212,7 +212,7 @@ def evaluate_cmd(config: Path, checkpoint: Path | None, no_fast: bool, no_progre
     import numpy as np
     import torch
 
-    from lungfuse.core.io import write_json
+    from lungfuse.core.atomic import write_json
 
     from .metrics import nodule_dice_3d, segmentation_metrics, summarise
 

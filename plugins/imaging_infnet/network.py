@@ -196,7 +196,26 @@ class InfNet(nn.Module):
     # ------------------------------------------------------------------ construction
     @property
     def hparams_dict(self) -> dict[str, Any]:
+        """What rebuilds this network: stored in every checkpoint, read by
+        :meth:`from_hparams` (the one place a saved Inf-Net is constructed)."""
         return {"backbone": self.backbone_name, "channel": self.channel, "n_class": self.n_class}
+
+    @classmethod
+    def from_hparams(cls, hp: Any, where: str = "checkpoint") -> InfNet:
+        """The network described by saved hyper-parameters (:attr:`hparams_dict`, or a
+        Lightning ``hyper_parameters`` dict); an absent ``n_class`` means 1 (older files)."""
+        from lungfuse.core.errors import DataError
+
+        try:
+            backbone, channel = hp["backbone"], int(hp["channel"])
+            n_class = int(hp.get("n_class", 1) or 1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: Inf-Net hyper-parameters unreadable ({exc!r}); expected "
+                            "backbone, channel and n_class; re-create the file with lungfuse") from None
+        if not isinstance(backbone, str) or channel < 1 or n_class < 1:
+            raise DataError(f"{where}: Inf-Net hyper-parameters out of range "
+                            f"(backbone {backbone!r}, channel {channel}, n_class {n_class})")
+        return cls(backbone, channel=channel, n_class=n_class)
 
     def load_backbone_weights(self, path: str | Path) -> None:
         """Load backbone weights from a local timm state dict (classifier keys ignored)."""

@@ -202,7 +202,7 @@ class InfNetModality(ModalityPlugin):
             if self.model_state_ is None:
                 raise RuntimeError("infnet: transform called before prepare")
             hp = self.model_state_["hparams"]
-            model = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+            model = InfNet.from_hparams(hp, "fitted infnet state")
             model.load_state_dict(self.model_state_["state_dict"])
             self._predictor = Predictor(model, SliceSettings(**self.model_state_["slices"]),
                                         self.config.fast)
@@ -300,12 +300,12 @@ class InfNetModality(ModalityPlugin):
 
             import pandas as pd
 
-            from lungfuse.core import io
+            from lungfuse.core import atomic
 
             # the id may hold '/', ':' or be long: name the file by a hash of it
             digest = hashlib.sha256(pid.encode("utf-8")).hexdigest()[:16]
             path = Path(workdir) / f"nodule-{digest}.csv"
-            with io.atomic_path(path) as tmp:
+            with atomic.atomic_path(path) as tmp:
                 pd.DataFrame([{"seriesuid": pid, "coordX": nod["x"], "coordY": nod["y"],
                                "coordZ": nod["z"], "diameter_mm": nod["diameter_mm"]}]
                              ).to_csv(tmp, index=False)

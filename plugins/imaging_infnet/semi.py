@@ -1,6 +1,6 @@
 """Semi-supervised Inf-Net: pseudo-label rounds on unlabelled slices of training patients.
 
-Two variants (settings in :class:`~.semi_config.SemiSettings`), both starting from a model
+Two variants (settings in :class:`~.config.SemiSettings`), both starting from a model
 trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
 
 * **progressive** (Semi-Inf-Net, Fan et al. 2020). The unlabelled slices ``U`` are put in a
@@ -47,14 +47,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lungfuse.core.atomic import atomic_path
 from lungfuse.core.errors import ConfigError, DataError
-from lungfuse.core.io import atomic_path
 
-from .config import FastPath, SliceSettings, TrainSettings
+from .config import FastPath, SemiSettings, SliceSettings, TrainSettings
 from .dataset import SliceItem, SlicePool, cut_slice
 from .metrics import segmentation_metrics
 from .network import InfNet
-from .semi_config import SemiSettings
 
 log = logging.getLogger("lungfuse.imaging")
 STATE_FORMAT = "lungfuse-infnet-semi/1"
@@ -214,8 +213,7 @@ class EMATeacher(L.Callback):
 
 
 def _clone(model: InfNet) -> InfNet:
-    m = InfNet(model.hparams_dict["backbone"], channel=model.hparams_dict["channel"],
-               n_class=model.hparams_dict.get("n_class", 1))
+    m = InfNet.from_hparams(model.hparams_dict)
     m.load_state_dict(model.state_dict())
     return m
 
@@ -317,7 +315,7 @@ class SemiTrainer:
                               "semi-supervised configuration or data; use another "
                               "out_dir/state_dir or delete it to start over")
         hp = obj["hparams"]
-        student = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+        student = InfNet.from_hparams(hp, str(self._path("model", r)))
         student.load_state_dict(obj["student"])
         teacher = None
         if obj.get("teacher") is not None:
@@ -448,7 +446,7 @@ class SemiTrainer:
             obj = load_torch(final_path, "semi-supervised state",
                              f"delete {self.state_dir} to start over")
             if isinstance(obj, dict) and obj.get("fingerprint") == self._fp:
-                student = InfNet(obj["hparams"]["backbone"], channel=obj["hparams"]["channel"])
+                student = InfNet.from_hparams(obj["hparams"], str(final_path))
                 student.load_state_dict(obj["student"])
                 self.final_val_dice = float(obj.get("val_dice", float("nan")))
                 return student.eval()

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lungfuse.core.atomic import atomic_path
 from lungfuse.core.errors import DataError
-from lungfuse.core.io import atomic_path
 
 from .config import SliceSettings, TrainSettings
 from .dataset import SliceDataset, SlicePool
@@ -50,10 +50,11 @@ class InfNetModule(L.LightningModule):
                  lr_decay_every: int = 50, multiscale: Sequence[float] = (1.0,),
                  slice_settings: dict[str, Any] | None = None,
                  training_patients: list[str] | None = None,
-                 pretrained_weights: str | None = None) -> None:
+                 pretrained_weights: str | None = None, n_class: int = 1) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = InfNet(backbone, channel=channel, pretrained_weights=pretrained_weights)
+        self.model = InfNet(backbone, channel=channel, n_class=n_class,
+                            pretrained_weights=pretrained_weights)
         self.training_patients = sorted(set(training_patients)) if training_patients else []
         self._val: dict[str, list[Tensor]] = {}
 
@@ -229,14 +230,14 @@ def load_checkpoint(path: str | Path) -> tuple[InfNet, dict[str, Any]]:
     obj = load_torch(path, "segmentation checkpoint")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         hp = obj["hparams"]
-        model = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+        model = InfNet.from_hparams(hp, str(path))
         model.load_state_dict(obj["state_dict"], strict=True)
         meta = {"training_patients": obj.get("training_patients"),
                 "slices": SliceSettings(**obj.get("slices", {})), "extra": obj.get("extra", {})}
         return model.eval(), meta
     if isinstance(obj, dict) and obj.get("lungfuse_format") == CHECKPOINT_FORMAT:
         hp = obj["hyper_parameters"]
-        model = InfNet(hp["backbone"], channel=hp["channel"])
+        model = InfNet.from_hparams(hp, str(path))
         sd = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
         model.load_state_dict(sd, strict=True)
         meta = {"training_patients": obj.get("training_patients"),

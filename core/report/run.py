@@ -1,50 +1,21 @@
-"""Assembled reports: ``report.html`` of run, ablation and scoring folders.
-
-Built from the blocks of :mod:`lungfuse.core.report` and the artefacts a folder already
-holds (nothing is retrained): a run folder gets its held-out metrics with CIs, ROC and
-calibration curves (binary) or Kaplan–Meier curves by risk tertile (survival), metrics
-per modality-availability pattern, head weights, example segmentations (when the run has
-a CT modality), the resolved config and the split summary. An ablation folder gets its
-table, the bars with CIs, the paired comparisons, ROC curves of the leading variants and
-the same config/split summary. A scoring folder gets an index of its patients' pages.
-
-:func:`render_folder` picks the kind from the files present; ``lungfuse report FOLDER``
-calls it.
-"""
+"""``report.html`` of a run folder, from the artefacts it already holds (nothing is
+retrained): held-out metrics with CIs, ROC and calibration curves (binary) or
+Kaplan-Meier curves by risk tertile (survival), metrics per modality-availability
+pattern, head weights, example segmentations (when the run has a CT modality), the
+resolved config and the split summary."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lungfuse.core.errors import DataError
-from lungfuse.core.report import Section, write_report
-
-__all__ = ["ct_example", "render_ablation", "render_folder", "render_run", "render_scores"]
+from lungfuse.core.report.html import Section, write_report
+from lungfuse.core.report.html import read_json as _read_json
 
 log = logging.getLogger("lungfuse")
-
-
-def render_folder(folder: str | Path) -> Path:
-    """Write ``folder/report.html`` for a run, ablation or scoring folder; returns its path."""
-    folder = Path(folder)
-    if (folder / "ablation.json").exists():
-        return render_ablation(folder)
-    if (folder / "scores.json").exists():
-        return render_scores(folder)
-    if (folder / "run.json").exists():
-        return render_run(folder)
-    raise DataError(f"{folder}: neither a run folder (run.json), an ablation folder "
-                    "(ablation.json) nor a scoring folder (scores.json); point "
-                    "`lungfuse report` at one of those")
-
-
-# ----------------------------------------------------------------------------- helpers
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _metrics_table(overall: Mapping[str, Any]) -> Any:
@@ -128,7 +99,7 @@ def ct_example(state: Mapping[str, Any], mcfg: Mapping[str, Any], uid: str,
     """
     import numpy as np
 
-    from lungfuse.core.report import overlay_figure
+    from lungfuse.core.report.figures import overlay_figure
     from lungfuse.plugins.imaging_infnet import ctio
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
     from lungfuse.plugins.imaging_infnet.features import segment_at, sweep
@@ -146,7 +117,7 @@ def ct_example(state: Mapping[str, Any], mcfg: Mapping[str, Any], uid: str,
     if path is None:
         return None
     hp = model_state["hparams"]
-    net = InfNet(hp["backbone"], channel=hp["channel"], n_class=hp.get("n_class", 1))
+    net = InfNet.from_hparams(hp, "fitted infnet state")
     net.load_state_dict(model_state["state_dict"])
     pred = Predictor(net, SliceSettings(**model_state["slices"]), FastPath(enabled=False))
     vol = ctio.read_volume(path)
@@ -250,7 +221,7 @@ def render_run(folder: Path) -> Path:
     import numpy as np
     import pandas as pd
 
-    from lungfuse.core.report import bar_figure, calibration_figure, km_figure, roc_figure
+    from lungfuse.core.report.figures import bar_figure, calibration_figure, km_figure, roc_figure
 
     run = _read_json(folder / "run.json")
     if run.get("status") != "complete" or not (folder / "metrics.json").exists():
@@ -314,89 +285,3 @@ def render_run(folder: Path) -> Path:
             sections.append(s)
     return write_report(folder / "report.html", f"lungfuse run: {folder.name}", sections,
                         subtitle=f"{task} task; finished in {run.get('seconds', '?')} s")
-
-
-# ----------------------------------------------------------------------------- ablation
-def render_ablation(folder: Path) -> Path:
-    """``report.html`` of an ablation folder."""
-    import pandas as pd
-
-    from lungfuse.core.report import interval_bars_figure, roc_figure
-
-    state = _read_json(folder / "ablation.json")
-    if not (folder / "ablation.parquet").exists():
-        raise DataError(f"{folder}: the ablation has not finished (no ablation.parquet); "
-                        "rerun `lungfuse ablate` with --dir to resume it")
-    table = pd.read_parquet(folder / "ablation.parquet")
-    task = state["task"]
-    primary = state.get("primary", "auroc" if task == "binary" else "harrell_c")
-    ref = state.get("reference", "")
-    show = ["variant", "patients", primary, f"{primary}_ci_low", f"{primary}_ci_high",
-            f"{primary}_fold_mean", f"{primary}_fold_sd"]
-    others = [c for c in ("auprc", "brier", "ece", "uno_c", "integrated_brier") if c in table]
-    fig = interval_bars_figure(table["variant"].tolist(), table[primary], table[f"{primary}_ci_low"],
-                               table[f"{primary}_ci_high"], metric=primary,
-                               title="Held-out performance per variant", highlight=ref)
-    comp = table[["variant", f"{primary}_delta_vs_ref", f"{primary}_delta_ci_low",
-                  f"{primary}_delta_ci_high", f"{primary}_p_not_better"]].rename(columns={
-                      f"{primary}_delta_vs_ref": f"Δ{primary}", f"{primary}_delta_ci_low":
-                      "95% CI low", f"{primary}_delta_ci_high": "95% CI high",
-                      f"{primary}_p_not_better": "P(Δ ≤ 0)"})
-    sections = [
-        Section("Variants", text=[
-            f"{len(table)} variants (modality subsets × heads {', '.join(state['heads'])}), "
-            f"each trained on the same {len(state.get('folds', []))} split folds with the same "
-            "seeds; features prepared once per modality and fold and shared.",
-            "Pooled held-out estimates with 95% bootstrap CIs; fold mean ± sd alongside."],
-            tables=[table[show + others]], figures=[(fig, f"{primary} with 95% CI; red: the "
-                                                     f"reference ({ref}).")]),
-        Section("Paired comparison with the best single modality", text=[
-            f"Reference: {ref}. Δ = variant − reference on the same held-out patients; the "
-            "CI and P(Δ ≤ 0) come from a paired bootstrap (one resample for both)."],
-            tables=[comp]),
-    ]
-    curves = {}
-    for _, r in table.head(4).iterrows():
-        vid = next(v["id"] for v in state["variants"] if v["label"] == r["variant"])
-        p = pd.read_parquet(folder / "variants" / vid / "predictions.parquet")
-        p = p[p["seed"] == p["seed"].min()]
-        if task == "binary":
-            curves[r["variant"]] = (p["y"].to_numpy(), p["prob_calibrated"].to_numpy())
-    if curves:
-        sections.append(Section("ROC of the leading variants",
-                                figures=[(roc_figure(curves, "ROC (held-out)"), "")]))
-    for s in (_split_section(folder, None, task), _config_section(folder)):
-        if s is not None:
-            sections.append(s)
-    sub = (f"{task} task; {state.get('seconds', '?')} s; {state.get('trained_this_call', '?')} "
-           f"fold trainings in the last call, {state.get('resumed_from_disk', 0)} resumed")
-    return write_report(folder / "report.html", f"lungfuse ablation: {folder.name}", sections,
-                        subtitle=sub)
-
-
-# ----------------------------------------------------------------------------- scoring
-def render_scores(folder: Path) -> Path:
-    """``report.html`` of a scoring folder: a table of patients linking to their pages."""
-    import html
-
-    info = _read_json(folder / "scores.json")
-    rows = []
-    for p in info.get("patients", []):
-        page = p.get("page")
-        link = (f"<a href='{html.escape(page)}'>{html.escape(p['patient_id'])}</a>"
-                if page else html.escape(p["patient_id"]))
-        risk, unc = p.get("risk"), p.get("uncertainty")
-        if p.get("status") == "error":  # given data that could not be used: never "no data"
-            rows.append(f"<tr><td>{link}</td><td colspan='4'><b>not scored</b>: "
-                        f"{html.escape(str(p.get('error') or 'see its page'))}</td></tr>")
-            continue
-        rows.append(f"<tr><td>{link}</td><td>{'–' if risk is None else f'{risk:.3f}'}</td>"
-                    f"<td>{'–' if unc is None else f'{unc:.3f}'}"
-                    f"</td><td>{html.escape(', '.join(p.get('present', [])) or 'none')}</td>"
-                    f"<td>{html.escape(', '.join(p.get('missing', [])) or '–')}</td></tr>")
-    table = ("<table><tr><th>patient</th><th>risk</th><th>uncertainty (sd over folds)</th>"
-             "<th>modalities used</th><th>missing</th></tr>" + "".join(rows) + "</table>")
-    sections = [Section("Patients", text=[f"Scored with the fold models of {info.get('run')}."],
-                        html=table)]
-    return write_report(folder / "report.html", f"lungfuse scores: {folder.name}", sections,
-                        subtitle=info.get("what", ""))
