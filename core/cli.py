@@ -27,7 +27,6 @@ CORE_COMMANDS: dict[str, str] = {
     "ablate": "lungfuse.core.ablation:ablate_command",
     "score": "lungfuse.core.scoring:score_command",
     "report": "lungfuse.core.report:report_command",
-    "demo": "lungfuse.core.demo:demo_command",
 }
 
 

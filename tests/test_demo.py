@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from lungfuse.core.demo import DemoSettings, run_demo
+    from lungfuse.demo import DemoSettings, run_demo
 
     out = tmp_path_factory.mktemp("demo") / "out"
     s = DemoSettings(patients=32, pretrain_scans=4, unlabelled_scans=2, folds=2,
@@ -67,7 +67,7 @@ def test_new_patients_scored_with_what_they_have(demo) -> None:
 
 
 def test_rerun_replaces_only_its_own_output(demo, tmp_path) -> None:
-    from lungfuse.core.demo import run_demo
+    from lungfuse.demo import run_demo
     from lungfuse.core.errors import DataError
 
     mine = tmp_path / "mine"
