@@ -67,8 +67,8 @@ def test_new_patients_scored_with_what_they_have(demo) -> None:
 
 
 def test_rerun_replaces_only_its_own_output(demo, tmp_path) -> None:
-    from lungfuse.demo import run_demo
     from lungfuse.core.errors import DataError
+    from lungfuse.demo import run_demo
 
     mine = tmp_path / "mine"
     mine.mkdir()
