@@ -13,6 +13,16 @@ a voxel limit (``MAX_VOXELS``, or ``$LUNGFUSE_CT_MAX_VOXELS``) before anything i
 allocated; data shorter or longer than declared, DICOM series with unreadable files or
 uneven slices, images that are not 3-D, and NaN/inf voxels are one-line ``DataError``s.
 
+DICOM study folders (as they come off the scanner: localiser, thin and thick
+reconstructions, contrast phases, in nested folders) are searched recursively for series
+(:func:`find_dicom_series`, headers only) and one is read (:func:`choose_series`): an
+explicit ``SeriesInstanceUID`` when given; otherwise drop series that are not CT, are
+localisers (ImageType LOCALIZER) or have fewer than ``MIN_SERIES_SLICES`` slices, keep the
+axial ones (slice normal within ``AXIAL_TOLERANCE_DEG`` of z), and take the thinnest
+SliceThickness, then the most slices, then the lowest SeriesNumber. A folder with no CT
+series, or none left, is refused with one line listing what it holds; the series read is
+logged and kept in ``Volume.meta['series']``. See docs/ct.md.
+
 Nodule masks: a LUNA16 row (centre in world mm, ``diameter_mm``) becomes the set of voxels
 whose world position is within ``diameter_mm / 2`` of the centre, an ellipsoid in index
 space on the scan's own spacing (radius = diameter/2, not diameter). Optionally refined:
@@ -617,36 +627,266 @@ def _read_file(path: Path, sitk: Any) -> Any:
     return reader.Execute()
 
 
-def _read_dicom(folder: Path, sitk: Any) -> tuple[Any, dict[str, Any]]:
-    """A DICOM series folder, refused when a ``.dcm`` in it is not readable (GDCM would
-    skip it and misplace every slice after a gap) or its slices disagree: size, orientation,
-    or positions not evenly spaced along the slice normal (a missing or repeated slice)."""
-    reader = sitk.ImageSeriesReader()
-    ids = list(reader.GetGDCMSeriesIDs(str(folder)))
-    series = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in ids}
-    known = {Path(f).name for files in series.values() for f in files}
-    bad = sorted(f.name for f in folder.iterdir()  # "._x.dcm": macOS metadata, not a slice
-                 if f.suffix.lower() == ".dcm" and not f.name.startswith(".")
-                 and f.name not in known)
+# ------------------------------------------------------------------------ DICOM studies
+#: A series with fewer slices is no CT volume (a localiser, a key image): the 2.5D slices
+#: the segmenter reads stack three adjacent slices.
+MIN_SERIES_SLICES = 3
+#: The largest angle (degrees) between a series' slice normal and the patient's z axis for
+#: which it still counts as axial: covers gantry tilt (up to ~30 degrees on most
+#: scanners), excludes coronal, sagittal and oblique reformats.
+AXIAL_TOLERANCE_DEG = 30.0
+#: A study folder holding more files than this is refused before any header is read: the
+#: folder given is most likely an archive of many studies, not one.
+MAX_STUDY_FILES = 100_000
+_TAGS = {"modality": "0008|0060", "image_type": "0008|0008", "description": "0008|103e",
+         "number": "0020|0011", "thickness": "0018|0050"}
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM study folder, described from one file's header (no pixels).
+
+    ``files`` are in GDCM's slice order; ``normal`` is the unit slice normal (the third
+    column of the direction matrix) and ``thickness_mm`` the SliceThickness tag, or the
+    distance between the first two slices where the tag is absent."""
+
+    uid: str
+    files: tuple[str, ...]
+    modality: str
+    image_type: tuple[str, ...]
+    description: str
+    number: int | None
+    slices: int
+    thickness_mm: float | None
+    normal: tuple[float, float, float]
+    problem: str = ""  # why its header could not be read; such a series is never chosen
+
+    @property
+    def is_localizer(self) -> bool:
+        return "LOCALIZER" in self.image_type
+
+    @property
+    def tilt_deg(self) -> float:
+        """Angle between the slice normal and the patient's z axis (0: axial)."""
+        return math.degrees(math.acos(min(1.0, abs(self.normal[2]))))
+
+    @property
+    def is_axial(self) -> bool:
+        return self.tilt_deg <= AXIAL_TOLERANCE_DEG
+
+    def usable(self) -> bool:
+        """Whether the automatic choice may take this series (see :func:`choose_series`)."""
+        return (self.modality == "CT" and not self.problem and not self.is_localizer
+                and self.slices >= MIN_SERIES_SLICES and self.is_axial)
+
+    def summary(self) -> str:
+        """``uid (CT, 24 slices, 1 mm, 'thin')`` plus what rules it out, for one-line
+        messages."""
+        thick = "thickness ?" if self.thickness_mm is None else f"{self.thickness_mm:g} mm"
+        parts = [self.modality or "modality ?", f"{self.slices} slice"
+                 + ("" if self.slices == 1 else "s"), thick]
+        if self.problem:
+            parts.append(f"unreadable: {self.problem}")
+        elif self.is_localizer:
+            parts.append("localiser")
+        elif not self.is_axial:
+            parts.append(f"not axial ({self.tilt_deg:.0f} deg)")
+        if self.description:
+            parts.append(repr(self.description))
+        return f"{self.uid} ({', '.join(parts)})"
+
+    def info(self) -> dict[str, Any]:
+        """What was read, for ``Volume.meta['series']``, logs and reports."""
+        return {"uid": self.uid, "description": self.description, "number": self.number,
+                "modality": self.modality, "slices": self.slices,
+                "thickness_mm": self.thickness_mm}
+
+
+def _tag(reader: Any, key: str) -> str:
+    """A header value as text ("" where absent). SimpleITK hands over bytes that are not
+    UTF-8 (a Latin-1 description, DICOM's ISO_IR 100) as lone surrogates, which no file
+    can be written with: those are decoded as Latin-1."""
+    try:
+        value = reader.GetMetaData(key) if reader.HasMetaDataKey(key) else ""
+    except (RuntimeError, UnicodeDecodeError):
+        return ""
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        value = raw.decode("latin-1")
+    return value.strip(" \0")
+
+
+def _header(path: str, sitk: Any) -> Any:
+    """An ``ImageFileReader`` holding the header of one DICOM file (no pixels read)."""
+    one = sitk.ImageFileReader()
+    one.SetFileName(path)
+    try:
+        one.ReadImageInformation()
+    except RuntimeError as exc:
+        raise DataError(f"{path}: cannot read this DICOM file ({_sitk_error(exc)}); remove or "
+                        "re-export it") from None
+    return one
+
+
+def _describe_series(uid: str, files: Sequence[str], sitk: Any) -> DicomSeries:
+    """A :class:`DicomSeries` from the header of its first file (and, where SliceThickness
+    is absent, the position of its second). A header ITK cannot read (a report or a
+    compressed secondary capture beside the images) gives a series marked with the reason,
+    so that it is listed, never chosen, and does not make the whole study unreadable."""
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        return DicomSeries(uid=uid, files=tuple(files), modality="", image_type=(),
+                           description="", number=None, slices=len(files), thickness_mm=None,
+                           normal=(0.0, 0.0, 0.0), problem=_sitk_error(exc)[:80])
+    size = first.GetSize()
+    depth = int(size[2]) if len(size) > 2 else 1
+    d = np.asarray(first.GetDirection(), float)
+    normal = d.reshape(3, 3)[:, 2] if d.size == 9 else np.array([0.0, 0.0, 1.0])
+    norm = float(np.linalg.norm(normal))
+    normal = normal / norm if norm > 0 and np.all(np.isfinite(normal)) else np.zeros(3)
+    try:
+        thickness: float | None = float(_tag(first, _TAGS["thickness"]).split("\\")[0])
+    except ValueError:
+        thickness = None
+    if thickness is not None and not (math.isfinite(thickness) and thickness > 0):
+        thickness = None
+    if thickness is None and len(files) > 1:
+        second = sitk.ImageFileReader()
+        second.SetFileName(files[1])
+        try:
+            second.ReadImageInformation()
+            gap = abs(float((np.asarray(second.GetOrigin(), float)
+                             - np.asarray(first.GetOrigin(), float)) @ normal))
+        except RuntimeError:  # the slice checks name the file if this series is read
+            gap = math.nan
+        thickness = round(gap, 4) if math.isfinite(gap) and gap > 0 else None
+    try:
+        number: int | None = int(_tag(first, _TAGS["number"]))
+    except ValueError:
+        number = None
+    image_type = tuple(t.strip().upper() for t in _tag(first, _TAGS["image_type"]).split("\\")
+                       if t.strip())
+    return DicomSeries(uid=uid, files=tuple(files),
+                       modality=_tag(first, _TAGS["modality"]).upper(), image_type=image_type,
+                       description=_tag(first, _TAGS["description"]), number=number,
+                       slices=len(files) * depth, thickness_mm=thickness,
+                       normal=(float(normal[0]), float(normal[1]), float(normal[2])))
+
+
+def find_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
+    """Every DICOM series under a study folder, its subfolders included (scanners write
+    nested folders; hidden ones are skipped), each described from one header.
+
+    A ``.dcm`` file that belongs to no series is refused (GDCM would skip it, and a slice
+    missing from a series misplaces every slice after it), as is a folder of more than
+    :data:`MAX_STUDY_FILES` files. A series whose files lie in several folders is gathered
+    from all of them."""
+    import SimpleITK as sitk
+
+    root = Path(folder)
+    dirs: list[Path] = []
+    n_files = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        n_files += len(filenames)
+        if n_files > MAX_STUDY_FILES:
+            raise DataError(f"{root}: more than {MAX_STUDY_FILES:,} files below it; give the "
+                            "folder of one CT study, not an archive of many")
+        if filenames:
+            dirs.append(Path(dirpath))
+    where: dict[str, list[Path]] = {}
+    files: dict[str, list[str]] = {}
+    for d in dirs:
+        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)):
+            where.setdefault(sid, []).append(d)
+            files.setdefault(sid, []).extend(
+                sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid))
+    for sid, ds in where.items():
+        if len(ds) > 1:  # one series in several folders: let GDCM order all its files
+            files[sid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(
+                str(root), sid, False, True))
+    known = {os.path.normpath(f) for fs in files.values() for f in fs}
+    bad = sorted(str((d / f).relative_to(root)) for d in dirs for f in os.listdir(d)
+                 if f.lower().endswith(".dcm") and not f.startswith(".")  # "._x": macOS
+                 and (d / f).is_file() and os.path.normpath(d / f) not in known)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise DataError(f"{folder}: {len(bad)} file(s) cannot be read as DICOM images "
+        raise DataError(f"{root}: {len(bad)} file(s) cannot be read as DICOM images "
                         f"({', '.join(bad[:3])}{more}); remove or re-export them")
-    if not ids:
-        raise DataError(f"{folder}: folder holds no DICOM series; give a series folder or a "
-                        "volume file")
-    if len(ids) > 1:
-        log.warning("%s: %d DICOM series, reading the first (%s)", folder, len(ids), ids[0])
-    files = series[ids[0]]
+    return [_describe_series(sid, files[sid], sitk) for sid in sorted(files)]
+
+
+def _listing(series: Sequence[DicomSeries], limit: int = 6) -> str:
+    shown = "; ".join(s.summary() for s in series[:limit])
+    more = f"; and {len(series) - limit} more" if len(series) > limit else ""
+    return f"{len(series)} series found: {shown}{more}"
+
+
+def choose_series(folder: Path, series: Sequence[DicomSeries],
+                  series_uid: str | None = None) -> DicomSeries:
+    """The series of a study to read as the CT volume.
+
+    With ``series_uid``: that series (it must be in the folder and be CT; the reader's
+    checks still refuse one of a single slice). Otherwise the rule: keep CT series that are
+    not localisers (ImageType LOCALIZER), have at least :data:`MIN_SERIES_SLICES` slices
+    and are axial (slice normal within :data:`AXIAL_TOLERANCE_DEG` of z); of those take the
+    thinnest slices (SliceThickness), then the most slices, then the lowest SeriesNumber
+    (then the lowest uid, so the choice never depends on the file system's order). A
+    study with none is one ``DataError`` listing what was found."""
+    if not series:
+        raise DataError(f"{folder}: folder holds no DICOM series; give a DICOM study or "
+                        "series folder, or a volume file")
+    if series_uid is not None:
+        want = series_uid.strip()
+        hit = [s for s in series if s.uid == want]
+        if not hit:
+            raise DataError(f"{folder}: no series {want} in this folder ({_listing(series)}); "
+                            "check the series uid")
+        if hit[0].problem:
+            raise DataError(f"{folder}: series {want} cannot be read ({hit[0].problem}); "
+                            "re-export it or choose another")
+        if hit[0].modality != "CT":
+            raise DataError(f"{folder}: series {want} is {hit[0].modality or 'of no modality'}"
+                            ", not CT; choose a CT series")
+        return hit[0]
+    if not any(s.modality == "CT" for s in series):
+        raise DataError(f"{folder}: no CT series ({_listing(series)}); give the folder of a "
+                        "CT study")
+    usable = [s for s in series if s.usable()]
+    if not usable:
+        raise DataError(f"{folder}: no axial CT series of at least {MIN_SERIES_SLICES} slices "
+                        f"(localisers excluded) ({_listing(series)}); give the folder of the "
+                        "full scan, or name a series in dicom_series")
+    inf = float("inf")
+    return min(usable, key=lambda s: (inf if s.thickness_mm is None else s.thickness_mm,
+                                      -s.slices, inf if s.number is None else s.number, s.uid))
+
+
+def _read_dicom(folder: Path, sitk: Any,
+                series_uid: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """A DICOM study or series folder: the series chosen by :func:`choose_series`, refused
+    when a ``.dcm`` in the folder is not readable (GDCM would skip it and misplace every
+    slice after a gap) or its slices disagree: size, orientation, or positions not evenly
+    spaced along the slice normal (a missing or repeated slice)."""
+    reader = sitk.ImageSeriesReader()
+    found = find_dicom_series(folder)
+    chosen = choose_series(folder, found, series_uid)
+    if len(found) > 1:
+        how = ("the series named" if series_uid is not None else "the thinnest axial CT "
+               "series (name another by its SeriesInstanceUID in dicom_series)")
+        log.warning("%s: %d DICOM series; reading %s, %s", folder, len(found),
+                    chosen.summary(), how)
+    else:
+        log.info("%s: reading DICOM series %s", folder, chosen.summary())
+    files = list(chosen.files)
     heads = []
     for f in files:
-        one = sitk.ImageFileReader()
-        one.SetFileName(f)
-        try:
-            one.ReadImageInformation()
-        except RuntimeError as exc:
-            raise DataError(f"{f}: cannot read this DICOM file ({_sitk_error(exc)}); remove or "
-                            "re-export it") from None
+        one = _header(f, sitk)
         if one.GetDimension() != 3:
             raise DataError(f"{f}: a {one.GetDimension()}D DICOM image; a CT slice is read as "
                             "3-D; re-export the series")
@@ -675,7 +915,8 @@ def _read_dicom(folder: Path, sitk: Any) -> tuple[Any, dict[str, Any]]:
                             f"{median:.3g} mm elsewhere); a slice is missing or repeated; "
                             "re-export the complete series")
     reader.SetFileNames(files)
-    return reader.Execute(), {"series_instance_uid": ids[0]}
+    return reader.Execute(), {"series_instance_uid": chosen.uid, "series": chosen.info(),
+                              "series_in_folder": len(found)}
 
 
 def _sitk_error(exc: Exception) -> str:
@@ -696,9 +937,14 @@ def _check_finite(src: Path, arr: np.ndarray) -> None:
                     f"x={x}, y={y}, z={z}); the scan is corrupt; re-export it")
 
 
-def read_volume(path: str | os.PathLike[str]) -> Volume:
-    """Read a CT volume in HU: ``.mhd/.raw``, ``.mha``, NIfTI, NRRD, or a DICOM series
-    folder (HU from the rescale slope/intercept, applied by GDCM).
+def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> Volume:
+    """Read a CT volume in HU: ``.mhd/.raw``, ``.mha``, NIfTI, NRRD, or a DICOM study or
+    series folder (HU from the rescale slope/intercept, applied by GDCM).
+
+    A DICOM folder may hold several series, in subfolders too: the one read is
+    ``series_uid`` where given, else the one :func:`choose_series`'s rule picks; which it
+    was is logged and kept in ``Volume.meta['series']`` (uid, description, slices,
+    thickness). ``series_uid`` with a volume file is an error.
 
     Input is checked, not trusted: headers are checked (data files beside the header, a
     3-D single-component grid of at most :func:`max_voxels` voxels, data of the declared
@@ -712,10 +958,13 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     if not (p.is_dir() or p.is_file()):
         raise DataError(f"{p}: not a regular file or folder; give a CT volume file or a DICOM "
                         "series folder")
+    if series_uid is not None and not p.is_dir():
+        raise DataError(f"{p}: a DICOM series ({series_uid}) was named for it, but it is a "
+                        "volume file, not a DICOM folder; drop the series uid")
     meta: dict[str, Any] = {}
     try:
         if p.is_dir():
-            img, meta = _read_dicom(p, sitk)
+            img, meta = _read_dicom(p, sitk, series_uid)
         elif p.name.lower().endswith((".mhd", ".mha")):
             img = _read_metaimage(p, sitk)
         else:
@@ -910,9 +1159,11 @@ class Case:
 
 
 def load_case(uid: str, path: Path, annotations=None, masks_dir: Path | None = None,
-              refine_hu: float | None = None, patient_id: str | None = None) -> Case:
-    """Read a scan and its nodule labels (mask file where given, else annotation balls)."""
-    vol = read_volume(path)
+              refine_hu: float | None = None, patient_id: str | None = None,
+              series_uid: str | None = None) -> Case:
+    """Read a scan and its nodule labels (mask file where given, else annotation balls);
+    ``series_uid`` picks the series of a DICOM study folder (see :func:`read_volume`)."""
+    vol = read_volume(path, series_uid)
     rows: list[tuple[float, float, float, float]] = []
     if annotations is not None:
         sel = annotations[annotations["seriesuid"] == uid]
@@ -929,8 +1180,9 @@ def load_case(uid: str, path: Path, annotations=None, masks_dir: Path | None = N
 
 def load_cases(items: Iterable[tuple[str, Path]], annotations=None, masks_dir: Path | None = None,
                refine_hu: float | None = None, patients: dict[str, str] | None = None,
-               progress: bool = False) -> list[Case]:
-    """Load many scans; a bad scan is logged with its reason and skipped."""
+               progress: bool = False, series_uids: dict[str, str] | None = None) -> list[Case]:
+    """Load many scans; a bad scan is logged with its reason and skipped. ``series_uids``
+    maps a scan's uid to the DICOM series to read from its study folder."""
     from .progress import bar
 
     cases = []
@@ -938,7 +1190,7 @@ def load_cases(items: Iterable[tuple[str, Path]], annotations=None, masks_dir: P
     for uid, path in bar(items, desc="reading CT", enabled=progress):
         try:
             cases.append(load_case(uid, path, annotations, masks_dir, refine_hu,
-                                   (patients or {}).get(uid)))
+                                   (patients or {}).get(uid), (series_uids or {}).get(uid)))
         except DataError as exc:
             log.warning("skipping scan %s: %s", uid, exc)
     return cases

@@ -31,14 +31,15 @@ _FEATURES: dict[tuple, dict[str, float]] = {}
 _FEATURES_MAX = 50_000
 
 
-def _memo_key(fp: str, uid: str, path: Path, nodules: Any) -> tuple | None:
+def _memo_key(fp: str, uid: str, path: Path, nodules: Any,
+              dicom_series: str | None = None) -> tuple | None:
     try:
         st = Path(path).stat()
     except OSError:
         return None
     rows = () if nodules is None else tuple(
         tuple(r) for r in nodules.drop(columns="seriesuid").itertuples(index=False))
-    return (fp, uid, str(path), st.st_size, st.st_mtime_ns, rows)
+    return (fp, uid, str(path), dicom_series, st.st_size, st.st_mtime_ns, rows)
 
 
 def _remember(key: tuple, row: dict[str, float]) -> None:
@@ -61,6 +62,10 @@ class InfNetConfig(ModalityConfig):
     volumes: dict[str, InputPath] | None = Field(
         default=None, description="Explicit series uid -> volume (file or DICOM folder), "
         "added to what ct_root holds.")
+    dicom_series: dict[str, str] | None = Field(
+        default=None, description="Volume id (series uid of the cohort, or the patient id "
+        "when scoring with `ct:`) -> SeriesInstanceUID to read from its DICOM study folder; "
+        "without it the thinnest axial CT series is read (docs/ct.md).")
     annotations: InputPath | None = Field(default=None, description="LUNA16 annotations.csv.")
     masks_dir: InputPath | None = Field(default=None, description="Ground-truth masks <uid>.mhd "
                                         "(used for training where present).")
@@ -120,6 +125,13 @@ class InfNetModality(ModalityPlugin):
         vols.update({str(k): Path(v) for k, v in (self.config.volumes or {}).items()})
         return vols
 
+    def _read_volume(self, uid: str, path: Path):
+        """The scan of volume ``uid``; from a DICOM study folder, the series configured in
+        ``dicom_series`` for it, else the one ctio's rule picks (``meta['series']``)."""
+        from .ctio import read_volume
+
+        return read_volume(path, (self.config.dicom_series or {}).get(uid))
+
     def _annotations(self):
         from .ctio import read_annotations
 
@@ -157,7 +169,8 @@ class InfNetModality(ModalityPlugin):
             raise DataError("infnet: training a segmenter needs `annotations` or `masks_dir`")
         uid2p = {u: p for p, u in series.items()}
         cases = ctio.load_cases(items, ann, self.config.masks_dir, self.config.train.refine_hu,
-                                uid2p, progress=ctx.progress)
+                                uid2p, progress=ctx.progress,
+                                series_uids=self.config.dicom_series)
         ts = self.config.train.model_copy(update={"seed": ctx.seed})
         pool = build_pool(cases, self.config.slices, ts.negatives_per_positive, ctx.seed,
                           ts.max_slices)
@@ -251,12 +264,12 @@ class InfNetModality(ModalityPlugin):
                 continue
             src = ann if ann is not None else cand
             sel = src[src["seriesuid"] == uid] if src is not None else None
-            key = _memo_key(fp, uid, vols[uid], sel)
+            key = _memo_key(fp, uid, vols[uid], sel, (self.config.dicom_series or {}).get(uid))
             if key is not None and key in _FEATURES:
                 rows[pid] = dict(_FEATURES[key])
                 continue
             try:
-                vol = ctio.read_volume(vols[uid])
+                vol = self._read_volume(uid, vols[uid])
                 nodules: list[Nodule] = []
                 if self.config.candidate_source == "sweep":
                     nodules = sweep(pred, vol, self.config.threshold)
