@@ -7,8 +7,14 @@ A plugin is a class registered under an entry point (``lungfuse.modalities`` or
 
 Data handed to modality plugins is split so a fit cannot leak evaluation labels:
 ``prepare`` sees the cohort rows of training patients only (outcomes included, for
-supervised selection); ``available`` and ``transform`` see cohort rows without outcome
-columns.
+supervised selection); ``available``, ``transform`` and the optional report hooks see
+cohort rows without outcome columns.
+
+Optional hooks (``scoring_config``, ``patient_section``, ``report_section``) have
+defaults that do nothing; core calls them where a plugin overrides them
+(:func:`overrides`) and never looks for a plugin by name or for a plugin's config keys.
+That is how the CT modality puts its nodule overlay on the patient page, and how any
+third-party modality gets a section of its own.
 """
 
 from __future__ import annotations
@@ -85,12 +91,66 @@ class ModalityContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ModalitySection:
+    """A modality's own section of a report page, returned by the optional hooks
+    :meth:`ModalityPlugin.patient_section` and :meth:`ModalityPlugin.report_section`.
+
+    Plain data, so a plugin needs nothing from the report code: ``title`` (the section
+    heading), ``paragraphs`` (plain text, escaped when rendered), ``figures`` (PNG bytes
+    and a caption each; :meth:`add_figure` turns a matplotlib figure into them) and an
+    optional small ``table`` (a pandas DataFrame, shown without its index).
+    """
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    figures: list[tuple[bytes, str]] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+
+    def add_figure(self, figure: Any, caption: str = "", dpi: int = 110) -> None:
+        """Append ``figure`` (PNG bytes, or a matplotlib figure, rendered here and closed so
+        pages of many patients do not pile up open figures) with its caption."""
+        if not isinstance(figure, bytes | bytearray):
+            import io
+
+            import matplotlib.pyplot as plt
+
+            buf = io.BytesIO()
+            figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            plt.close(figure)
+            figure = buf.getvalue()
+        self.figures.append((bytes(figure), caption))
+
+    def problem(self) -> str:
+        """Empty if the section can be rendered, else what is wrong with it (core logs this
+        and leaves the section out rather than render something broken)."""
+        if not isinstance(self.title, str) or not self.title.strip():
+            return "its title is not a non-empty string"
+        if not all(isinstance(p, str) for p in self.paragraphs):
+            return "paragraphs must be strings"
+        for fig in self.figures:
+            if not (isinstance(fig, tuple) and len(fig) == 2 and isinstance(fig[0], bytes)
+                    and fig[0].startswith(_PNG_MAGIC) and isinstance(fig[1], str)):
+                return "each figure must be (PNG bytes, caption); use add_figure()"
+        if self.table is not None and not hasattr(self.table, "to_html"):
+            return "table must be a pandas DataFrame or None"
+        return ""
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 class ModalityPlugin(ABC):
     """A source of per-patient features and the encoder that embeds them.
 
     Lifecycle: ``available`` → ``prepare`` (fit on training patients) → ``transform``
     (any patients) → ``build_encoder``. ``state_dict``/``load_state_dict`` persist the
     fitted state so a trained run can score new patients.
+
+    Optional hooks, each a no-op by default: ``scoring_config`` (a new patient's own data
+    files at scoring time), ``patient_section`` (a section of the patient page) and
+    ``report_section`` (a section of the run report). Core calls a section hook through
+    :func:`call_section_hook`, so one that fails costs only its own section.
     """
 
     name: ClassVar[str]
@@ -163,12 +223,84 @@ class ModalityPlugin(ABC):
         """
         return None
 
+    # ------------------------------------------------------------------ optional hooks
+    def patient_section(self, patient: Mapping[str, Any], row: pd.Series,
+                        workdir: Path) -> ModalitySection | None:
+        """A section of this modality on a scored patient's page (``lungfuse score``), or
+        None (the default: no section).
+
+        Called once per scored patient for whom this modality was present, after scoring,
+        on the fitted instance of the run's first fold model (the run's config, the state
+        fitted on that fold's training patients loaded). ``patient`` is the patient's
+        entry of the scoring input, as for :meth:`scoring_config` (``id``; ``ct`` and
+        ``nodule`` where given); ``row`` is the patient's row of the scoring input's
+        clinical table (named by patient id; no outcome columns; empty without a table);
+        ``workdir`` is a scratch folder removed afterwards. The CT modality draws the
+        segmented nodule on its slice here. A hook that raises or returns something that
+        is not a :class:`ModalitySection` is logged and left out; the page still renders.
+        """
+        return None
+
+    def report_section(self, patients: pd.DataFrame,
+                       workdir: Path) -> ModalitySection | None:
+        """A section of this modality in a run's ``report.html``, or None (the default).
+
+        Called when the report is written (at the end of ``lungfuse run``, and by
+        ``lungfuse report RUN``) on an instance built from the run's resolved config with
+        the state fitted on the first fold model's training patients loaded.
+        ``patients`` are the cohort rows (indexed by ``patient_id``, no outcome columns)
+        of the patients that fold held out and this modality covers, in prediction order;
+        draw a few of them (the CT modality segments the first three). ``workdir`` is a
+        scratch folder removed afterwards. Failures are logged and the report still
+        renders without the section.
+        """
+        return None
+
     @classmethod
     def example(cls, workdir: Path, patient_ids: list[str]) -> ModalityConfig:
         """Write a tiny example dataset for ``patient_ids`` under ``workdir`` (leaving some
         patients without data) and return a config that reads it. Used by
         ``lungfuse.testing.check_modality_plugin``."""
         raise NotImplementedError(f"{cls.__name__} does not provide an example dataset")
+
+
+def overrides(plugin: ModalityPlugin | type[ModalityPlugin], hook: str) -> bool:
+    """Whether ``plugin`` (an instance or class) defines the optional ``hook`` itself rather
+    than inheriting :class:`ModalityPlugin`'s default; core skips the work a hook needs
+    (loading fitted states, reading tables) for plugins that do not."""
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    default = getattr(ModalityPlugin, hook)
+    return getattr(cls, hook, default) is not default
+
+
+def call_section_hook(plugin: ModalityPlugin, hook: str, *args: Any,
+                      where: str = "report") -> ModalitySection | None:
+    """``plugin.<hook>(*args)`` for an optional section hook, never raising.
+
+    A hook that raises, or returns something other than a renderable
+    :class:`ModalitySection` or None, is logged as a warning naming the modality (``where``
+    says which page) and gives None: a figure must never cost a patient's score or a run's
+    report. ``KeyboardInterrupt`` still stops the command.
+    """
+    log = logging.getLogger("lungfuse")
+    if not overrides(plugin, hook):
+        return None
+    try:
+        out = getattr(plugin, hook)(*args)
+    except Exception as exc:  # noqa: BLE001 - a plugin's figure must not break the page
+        msg = " ".join(str(exc).split())[:300]
+        log.warning("%s: modality %s: %s failed, section left out (%s: %s)", where,
+                    plugin.modality_name, hook, type(exc).__name__, msg)
+        return None
+    if out is None:
+        return None
+    why = out.problem() if isinstance(out, ModalitySection) else (
+        f"returned {type(out).__name__}, not a ModalitySection or None")
+    if why:
+        log.warning("%s: modality %s: %s %s; section left out", where, plugin.modality_name,
+                    hook, why)
+        return None
+    return out
 
 
 class FusionPlugin(ABC):

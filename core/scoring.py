@@ -15,7 +15,8 @@ predicts. The patient gets:
   log-risk) with respect to each input feature, from an all-zero baseline (the training
   mean after z-scoring, wild type for mutations), averaged over fold models; features of
   ``feature_kind = "gene"`` modalities are the genes;
-* **the segmented nodule** on its CT slice, for CT modalities.
+* **modality sections** that plugins add through the optional ``patient_section``
+  hook (the CT modality's segmented nodule on its slice).
 
 A modality absent for a patient (no data in its configured sources) is left out of that
 patient's prediction, not imputed, and the page says what was missing and why. Data
@@ -817,9 +818,7 @@ def _patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any], spe
             figures=[(bar_figure(lab, [i["attribution"] for i in items], title,
                                  "attribution (logit)" if binary else "attribution (log-risk)"),
                       "")]))
-    seg = _nodule_section(s, spec, first, table)
-    if seg is not None:
-        sections.append(seg)
+    sections.extend(_modality_sections(s, spec, first, table, folder))
     sections.append(Section("Model", text=[
         f"Run {info['run']} ({len(first['names'])} modalities: {', '.join(first['names'])}; "
         f"{info['models']} fold models). Research use: the risk is only as good as the "
@@ -848,40 +847,36 @@ def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
                  subtitle=time.strftime("scored %Y-%m-%d %H:%M"))
 
 
-def _nodule_section(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any],
-                    table: Any) -> Any:
-    from lungfuse.core.report.html import Section
-    from lungfuse.core.report.run import ct_example
+def _modality_sections(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any],
+                       table: Any, folder: Path) -> list[Any]:
+    """The sections the modalities present for this patient add to the page through their
+    optional ``patient_section`` hook (the CT modality's segmented nodule), in the run's
+    modality order.
 
-    entry = next(p for p in spec.patients if p.id == s["patient_id"])
+    Each hook runs on the first fold model's fitted instance with the patient's scoring
+    entry and clinical row, in a scratch folder under the scoring folder that is removed
+    afterwards; one that fails or returns no section is logged and left out, never
+    costing the patient's score or page.
+    """
+    import pandas as pd
+
+    from lungfuse.core.contracts import call_section_hook, overrides
+    from lungfuse.core.report.run import section_of
+
+    pid = s["patient_id"]
+    entry = next(p for p in spec.patients if p.id == pid).model_dump()
+    row = table.loc[pid] if table is not None and pid in table.index else pd.Series(
+        dtype=object, name=pid)
+    out = []
     for m, plugin in first["plugins"].items():
-        mcfg = plugin.config.model_dump()
-        if "ct_root" not in mcfg or m not in s["present"]:
+        if m not in s["present"] or not overrides(plugin, "patient_section"):
             continue
-        if entry.ct is not None:
-            uid, path = entry.id, Path(entry.ct)
-        else:
-            col = mcfg.get("series_column")
-            uid = str(table.loc[entry.id, col]) if col and col in table.columns else entry.id
-            path = None
-        nod = entry.nodule
-        loc = (nod.x, nod.y, nod.z, nod.diameter_mm) if nod is not None else None
-        try:
-            res = ct_example(plugin.state_dict(), mcfg, uid, loc,
-                             title=f"{s['patient_id']}", ct_path=path)
-        except Exception as exc:  # noqa: BLE001 - a figure must not lose the score
-            log.warning("score: no nodule figure for %s: %s", s["patient_id"], exc)
-            continue
-        if res is None:
-            continue
-        fig, info = res
-        facts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in info.items()
-                          if k in ("long_axis_mm", "volume_mm3", "mean_hu"))
-        return Section("Nodule", text=[
-            f"Inf-Net segmentation (red) on slice {info.get('slice')} ({info.get('source')}); "
-            f"green: a ground-truth mask where one exists. {facts}"],
-            figures=[(fig, f"{s['patient_id']}: segmented nodule")])
-    return None
+        with tempfile.TemporaryDirectory(prefix=".page-", dir=folder) as work:
+            ms = call_section_hook(plugin, "patient_section", entry, row, Path(work),
+                                   where=f"score: patient {pid}")
+        if ms is not None:
+            out.append(section_of(ms))
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,19 +1,23 @@
 """``report.html`` of a run folder, from the artefacts it already holds (nothing is
 retrained): held-out metrics with CIs, ROC and calibration curves (binary) or
 Kaplan-Meier curves by risk tertile (survival), metrics per modality-availability
-pattern, head weights, example segmentations (when the run has a CT modality), the
-resolved config and the split summary."""
+pattern, head weights, the sections the run's modalities add through their optional
+``report_section`` hook (the CT modality's example segmentations), the resolved config
+and the split summary."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lungfuse.core.errors import DataError
 from lungfuse.core.report.html import Section, write_report
 from lungfuse.core.report.html import read_json as _read_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lungfuse.core.registry import Registry
 
 log = logging.getLogger("lungfuse")
 
@@ -74,150 +78,124 @@ def _config_section(folder: Path) -> Section | None:
                    pre=p.read_text(encoding="utf-8"))
 
 
-def _ct_modalities(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{modality name: config dict}`` of the folder's CT (``ct_root``) modalities."""
-    import yaml
-
-    p = folder / "config.yaml"
-    if not p.exists():
-        return {}
-    cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    return {(m.get("name") or m["kind"]): m for m in cfg.get("modalities", [])
-            if isinstance(m, dict) and "ct_root" in m}
+def section_of(ms: Any) -> Section:
+    """A modality's :class:`~lungfuse.core.contracts.ModalitySection` as a report section."""
+    return Section(ms.title, text=list(ms.paragraphs), figures=list(ms.figures),
+                   tables=[ms.table] if ms.table is not None else [])
 
 
-def ct_example(state: Mapping[str, Any], mcfg: Mapping[str, Any], uid: str,
-               nodule: tuple[float, float, float, float] | None = None,
-               title: str = "", ct_path: Path | None = None) -> tuple[Any, dict[str, Any]] | None:
-    """The segmented nodule on its CT slice: ``(figure, info)`` or None without a scan.
-
-    ``state`` is the fitted state of an Inf-Net modality (``model`` with hparams, weights
-    and slice settings). The nodule is segmented around ``nodule`` (world x, y, z mm and
-    diameter) or, without one, around the first annotated nodule of ``uid``; failing both,
-    the largest component the network finds. The ground-truth mask (``masks_dir``) is
-    drawn in green where there is one, the segmentation in red.
-    """
-    import numpy as np
-
-    from lungfuse.core.report.figures import overlay_figure
-    from lungfuse.plugins.imaging_infnet import ctio
-    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
-    from lungfuse.plugins.imaging_infnet.features import segment_at, sweep
-    from lungfuse.plugins.imaging_infnet.infer import Predictor
-    from lungfuse.plugins.imaging_infnet.network import InfNet
-
-    model_state = state.get("model") or {}
-    if not model_state:
-        return None
-    path = ct_path
-    if path is None:
-        vols = ctio.find_volumes(mcfg["ct_root"]) if mcfg.get("ct_root") else {}
-        vols.update({str(k): Path(v) for k, v in (mcfg.get("volumes") or {}).items()})
-        path = vols.get(uid)
-    if path is None:
-        return None
-    hp = model_state["hparams"]
-    net = InfNet.from_hparams(hp, "fitted infnet state")
-    net.load_state_dict(model_state["state_dict"])
-    pred = Predictor(net, SliceSettings(**model_state["slices"]), FastPath(enabled=False))
-    vol = ctio.read_volume(path)
-    thr = float(mcfg.get("threshold", 0.5))
-    if nodule is None and mcfg.get("annotations"):
-        ann = ctio.read_annotations(mcfg["annotations"])
-        sel = ann[ann["seriesuid"] == uid]
-        if len(sel):
-            r = sel.iloc[0]
-            nodule = (float(r.coordX), float(r.coordY), float(r.coordZ), float(r.diameter_mm))
-    info: dict[str, Any] = {"uid": uid}
-    full = np.zeros(vol.array.shape, np.float32)
-    if nodule is not None:
-        c, _ = ctio.nodule_centres_index(vol, [nodule], uid)[0]
-        nd = segment_at(pred, vol, c, float(nodule[3]), thr)
-        info["source"] = "given nodule location"
-    else:
-        found = sweep(pred, vol, thr)
-        nd = found[0] if found else None
-        info["source"] = "largest segmented component" if nd else "no nodule found"
-    if nd is not None:
-        full[nd.box] = nd.mask
-        z = int(np.clip(round(float(nd.centre_index[2])), 0, vol.array.shape[0] - 1))
-        if not full[z].any() and full.any():
-            zz = np.nonzero(full.reshape(full.shape[0], -1).any(1))[0]
-            z = int(zz[np.argmin(np.abs(zz - z))])
-        info.update({k: float(nd.features[k]) for k in ("long_axis_mm", "volume_mm3",
-                                                        "mean_hu", "seg_prob", "seg_fallback")
-                     if k in nd.features})
-    else:
-        z = vol.array.shape[0] // 2
-    truth = None
-    mpath = ctio.find_mask(mcfg.get("masks_dir"), uid) if mcfg.get("masks_dir") else None
-    if mpath is not None:
+def _first_fold(folder: Path) -> tuple[int, int, Path] | None:
+    """(seed, fold, folder) of the run's first fold model (lowest seed, then fold)."""
+    found = []
+    for d in (folder / "models").glob("seed*-fold*") if (folder / "models").is_dir() else []:
         try:
-            truth = ctio.read_mask(mpath, vol)[z] > 0
-        except DataError as exc:
-            log.warning("report: ground-truth mask of %s unusable: %s", uid, exc)
-    info["slice"] = z
-    fig = overlay_figure(vol.array[z], mask=truth, pred=full[z],
-                         title=title or f"{uid[-12:]} slice {z}")
-    return fig, info
+            seed, fold = (int(x) for x in d.name.removeprefix("seed").split("-fold"))
+        except ValueError:
+            continue
+        if d.is_dir():
+            found.append((seed, fold, d))
+    return min(found) if found else None
 
 
-def _segmentation_section(folder: Path, pred: Any, n: int = 3) -> Section | None:
-    """Example segmentations on held-out patients of the first fold (run folders)."""
+def _held_out_rows(cfg: Mapping[str, Any]) -> Any:
+    """The run's cohort table (indexed by patient id, outcome columns dropped: a report
+    hook sees what ``transform`` sees), or None when it cannot be read."""
     import pandas as pd
 
+    cohort, task = cfg.get("cohort") or {}, cfg.get("task") or {}
+    try:
+        table = pd.read_parquet(cohort["clinical"])
+        key = cohort.get("patient_id", "patient_id")
+        table[key] = table[key].astype(str)
+        table = table.set_index(key)
+    except Exception as exc:  # noqa: BLE001 - a figure must not break the report
+        log.warning("report: cannot read the clinical table (%s: %s); modality sections "
+                    "left out", type(exc).__name__, exc)
+        return None
+    table.index.name = "patient_id"
+    hide = {task.get("outcome", "malignant"), task.get("time", "time"),
+            task.get("event", "event")}
+    return table.drop(columns=[c for c in table.columns if c in hide])
+
+
+def _modality_sections(folder: Path, pred: Any, registry: Registry | None = None
+                       ) -> list[Section]:
+    """The sections the run's modalities add through their ``report_section`` hook.
+
+    Each modality whose plugin defines the hook is built from the run's resolved config
+    with the state fitted on the first fold model's training patients, and handed the
+    cohort rows of the patients that fold held out and the modality covers. Core knows
+    nothing of what the sections show (the CT modality draws example segmentations). A
+    plugin that is not installed here, or whose hook fails, loses only its section; a
+    fitted-state file that is unsafe or damaged (an older lungfuse's pickle included) is
+    one line, as everywhere a run folder is read.
+    """
+    import tempfile
+
+    import yaml
+
+    from lungfuse.core.contracts import call_section_hook, overrides
+    from lungfuse.core.errors import LungfuseError
+    from lungfuse.core.registry import MODALITY_GROUP, default_registry
     from lungfuse.core.state_io import legacy_state_error, load_state
 
-    cts = _ct_modalities(folder)
-    models = sorted((folder / "models").glob("seed*-fold*")) if (folder / "models").exists() else []
-    if not cts or not models or pred is None:
-        return None
-    fdir = models[0]
+    cfg_path = folder / "config.yaml"
+    first = _first_fold(folder)
+    if pred is None or first is None or not cfg_path.is_file():
+        return []
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict):
+        return []
+    reg = registry or default_registry()
+    hooked: dict[str, tuple[type, dict[str, Any]]] = {}
+    for mc in cfg.get("modalities") or []:
+        if not isinstance(mc, dict) or "kind" not in mc:
+            continue
+        try:
+            cls = reg.get(MODALITY_GROUP, str(mc["kind"]))
+        except LungfuseError as exc:  # e.g. a plugin passed to run_experiment, not installed
+            log.debug("report: modality %s: %s", mc["kind"], exc)
+            continue
+        if overrides(cls, "report_section"):
+            hooked[str(mc.get("name") or mc["kind"])] = (cls, mc)
+    if not hooked:
+        return []
+    seed, fold, fdir = first
     # fitted state as JSON + safetensors; a pickle (older lungfuse) is never loaded
     if not (fdir / "modality_state.json").exists() and (fdir / "modality_state.pkl").exists():
-        raise legacy_state_error(fdir, folder / "config.yaml")
+        raise legacy_state_error(fdir, cfg_path)
     states = load_state(fdir / "modality_state.json",
-                        f"re-create the run with `lungfuse run {folder / 'config.yaml'}`")
-    clinical = None
-    figures = []
-    for name, mcfg in cts.items():
+                        f"re-create the run with `lungfuse run {cfg_path}`")
+    rows = _held_out_rows(cfg)
+    if rows is None:
+        return []
+    test = pred[(pred["seed"] == seed) & (pred["fold"] == fold)]
+    sections = []
+    for name, (cls, mc) in hooked.items():
         if name not in states:
             continue
-        col = mcfg.get("series_column", "seriesuid")
-        if clinical is None:
-            import yaml
-
-            cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-            try:
-                clinical = pd.read_parquet(cfg["cohort"]["clinical"])
-                clinical = clinical.set_index(cfg["cohort"].get("patient_id", "patient_id"))
-            except Exception as exc:  # noqa: BLE001 - a figure must not break the report
-                log.warning("report: cannot read the clinical table (%s)", exc)
-                return None
-        seed, fold = (int(x) for x in fdir.name.replace("seed", "").split("-fold"))
-        test = pred[(pred["seed"] == seed) & (pred["fold"] == fold)]
-        if f"present_{name}" in test:
-            test = test[test[f"present_{name}"].astype(bool)]
-        for pid in test["patient_id"].astype(str).head(n):
-            uid = str(clinical[col].get(pid)) if col in clinical.columns else pid
-            try:
-                res = ct_example(states[name], mcfg, uid, title=f"{pid} (held out, {fdir.name})")
-            except Exception as exc:  # noqa: BLE001 - one unreadable scan must not break it
-                log.warning("report: no segmentation figure for %s: %s", pid, exc)
-                continue
-            if res is not None:
-                figures.append((res[0], f"{pid}: {res[1].get('source')}; red = Inf-Net, "
-                                        "green = ground truth"))
-    if not figures:
-        return None
-    return Section("Example segmentations", text=[
-        "Inf-Net of the first fold (trained on that fold's training patients or given as a "
-        "checkpoint trained elsewhere) on held-out patients' scans."], figures=figures)
+        mine = test[test[f"present_{name}"].astype(bool)] if f"present_{name}" in test else test
+        ids = [i for i in dict.fromkeys(mine["patient_id"].astype(str)) if i in rows.index]
+        try:
+            inst = cls(cls.config_model.model_validate(
+                mc, context={"base_dir": folder, "check_paths": False}))
+            inst.load_state_dict(states[name])
+        except Exception as exc:  # noqa: BLE001 - a figure must not break the report
+            log.warning("report: modality %s: cannot rebuild the fitted plugin (%s: %s); its "
+                        "section is left out", name, type(exc).__name__, exc)
+            continue
+        with tempfile.TemporaryDirectory(prefix="lungfuse-report-") as work:
+            ms = call_section_hook(inst, "report_section", rows.loc[ids], Path(work),
+                                   where="report")
+        if ms is not None:
+            sections.append(section_of(ms))
+    return sections
 
 
 # ----------------------------------------------------------------------------- run
-def render_run(folder: Path) -> Path:
-    """``report.html`` of a finished run folder."""
+def render_run(folder: Path, registry: Registry | None = None) -> Path:
+    """``report.html`` of a finished run folder; ``registry`` (default: the installed
+    plugins) supplies the plugins whose ``report_section`` hooks add sections."""
     import numpy as np
     import pandas as pd
 
@@ -274,9 +252,7 @@ def render_run(folder: Path) -> Path:
             [c.removeprefix("weight_") for c in wcols], w.to_numpy(), "Mean modality weight",
             "weight (held-out mean)"), "The head's attention weight per modality, averaged "
             "over held-out patients (absent modalities weigh 0).")]))
-    seg = _segmentation_section(folder, pred)
-    if seg is not None:
-        sections.append(seg)
+    sections.extend(_modality_sections(folder, pred, registry))
     folds = run.get("folds", [])
     if folds:
         sections.append(Section("Training", tables=[pd.DataFrame(folds)]))

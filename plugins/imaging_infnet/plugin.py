@@ -15,7 +15,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
+from lungfuse.core.contracts import (
+    ModalityConfig,
+    ModalityContext,
+    ModalityPlugin,
+    ModalitySection,
+)
 from lungfuse.core.errors import DataError
 from lungfuse.schemas import InputPath
 
@@ -324,6 +329,81 @@ class InfNetModality(ModalityPlugin):
                              ).to_csv(tmp, index=False)
             update.update(annotations=path, candidate_source="annotations")
         return self.config.model_copy(update=update)
+
+    # ------------------------------------------------------------------ page hooks
+    def _section_title(self, title: str) -> str:
+        """``title``, naming the modality where it is not simply ``infnet`` (a run may
+        configure two CT modalities)."""
+        return title if self.modality_name == self.name else f"{title} ({self.modality_name})"
+
+    def patient_section(self, patient, row, workdir: Path) -> ModalitySection | None:
+        """The patient page's "Nodule" section: the Inf-Net segmentation (red) on the
+        nodule's CT slice, with a ground-truth mask (green) where ``masks_dir`` has one.
+
+        The scan is the one given for the patient (``ct``) or the one the configured
+        sources hold for the patient's series (``series_column`` of ``row``); the
+        segmentation is centred on the given ``nodule``, else the first annotated nodule
+        of the series, else the largest component a sweep finds. None without a fitted
+        segmenter or a scan."""
+        import pandas as pd
+
+        from .figures import facts_line, nodule_figure, predictor_of
+
+        if not (self.model_state_ or {}).get("state_dict"):
+            return None
+        pid = str(patient["id"])
+        if patient.get("ct") is not None:
+            uid, path = pid, Path(patient["ct"])
+        else:
+            col = self.config.series_column
+            value = row.get(col) if col is not None else None
+            uid = pid if value is None or pd.isna(value) or not str(value) else str(value)
+            path = self._volumes().get(uid)
+        if path is None:
+            return None
+        nod = patient.get("nodule")
+        loc = (float(nod["x"]), float(nod["y"]), float(nod["z"]),
+               float(nod["diameter_mm"])) if nod else None
+        drawn = nodule_figure(predictor_of(self.model_state_), path, uid, nodule=loc,
+                              annotations=self.config.annotations,
+                              masks_dir=self.config.masks_dir,
+                              threshold=self.config.threshold, title=pid)
+        section = ModalitySection(self._section_title("Nodule"), paragraphs=[
+            f"Inf-Net segmentation (red) on slice {drawn.slice} ({drawn.source}); green: a "
+            f"ground-truth mask where one exists. {facts_line(drawn.facts)}"])
+        section.add_figure(drawn.figure, f"{pid}: segmented nodule")
+        return section
+
+    def report_section(self, patients, workdir: Path, n: int = 3) -> ModalitySection | None:
+        """The run report's "Example segmentations": the first fold's Inf-Net on the scans
+        of the first ``n`` held-out patients (a scan that cannot be read is skipped with a
+        warning naming the patient). None without a fitted segmenter or any scan drawn."""
+        from .figures import nodule_figure, predictor_of
+
+        if not (self.model_state_ or {}).get("state_dict"):
+            return None
+        series, vols = self._series(patients), self._volumes()
+        predictor = None
+        section = ModalitySection(self._section_title("Example segmentations"), paragraphs=[
+            "Inf-Net of the first fold (trained on that fold's training patients or given as "
+            "a checkpoint trained elsewhere) on held-out patients' scans."])
+        for pid in [str(p) for p in patients.index[:n]]:
+            uid = series.get(pid, pid)
+            if uid not in vols:
+                continue
+            try:
+                predictor = predictor or predictor_of(self.model_state_)
+                drawn = nodule_figure(predictor, vols[uid], uid,
+                                      annotations=self.config.annotations,
+                                      masks_dir=self.config.masks_dir,
+                                      threshold=self.config.threshold,
+                                      title=f"{pid} (held out)")
+            except Exception as exc:  # noqa: BLE001 - one bad scan must not cost the others
+                log.warning("infnet: no segmentation figure for %s: %s", pid, exc)
+                continue
+            section.add_figure(drawn.figure, f"{pid}: {drawn.source}; red = Inf-Net, "
+                                             "green = ground truth")
+        return section if section.figures else None
 
     def build_encoder(self, n_features: int):
         import torch.nn as nn
