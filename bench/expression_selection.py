@@ -29,7 +29,7 @@ def main() -> None:
     os.environ.setdefault("LUNGFUSE_NO_PROGRESS", "1")
     from importlib.resources import files
 
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
     from lungfuse.core.synth import generate
 
     with tempfile.TemporaryDirectory(prefix="lungfuse-bench-") as tmp:

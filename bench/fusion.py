@@ -55,7 +55,7 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from lungfuse.core.metrics import paired_bootstrap_difference
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
     from lungfuse.core.synth import generate
 
     data = work / "cohort"
@@ -99,7 +99,7 @@ def part1(args: argparse.Namespace, work: Path) -> dict:
 
 
 def part2(args: argparse.Namespace, work: Path) -> dict:
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
     from lungfuse.core.synth import generate
 
     data = work / "cohort1000"

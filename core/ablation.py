@@ -6,11 +6,15 @@ cohort, same split seeds, same folds, same per-fold training seeds) as ``lungfus
 
 Feature preparation is the expensive part (an Inf-Net trained per fold, gene selection),
 and it depends only on (modality, split seed, fold), never on the variant. Each modality is
-therefore prepared once per fold through :func:`lungfuse.core.pipeline.prepare_fold_features`
+therefore prepared once per fold through :func:`lungfuse.core.features.prepare_fold_features`
 with the ablation's feature cache, and the prepared features are shared by the
-:math:`(2^{|M|}-1)\\cdot|H|` variants. A patient who has none of a variant's modalities
-still gets that variant's prediction (the head's output with nothing present), so every
-variant is scored on exactly the same held-out patients and the comparison is paired.
+:math:`(2^{|M|}-1)\\cdot|H|` variants. The set-up (config, plugins, cohort, splits, time
+grid, fold list) is the same :class:`~lungfuse.core.study.Study` ``lungfuse run`` builds,
+and each variant's held-out predictions come from the same
+:func:`~lungfuse.core.folds.train_fold` and prediction table. A patient who has none of
+a variant's modalities still gets that variant's prediction (the head's output with
+nothing present), so every variant is scored on exactly the same held-out patients and
+the comparison is paired.
 
 Table (``ablation.parquet`` and ``ablation.md``), one row per variant: for each metric the
 pooled held-out estimate with its bootstrap 95% CI (first split seed), and the mean and
@@ -191,7 +195,7 @@ def _row(v: Variant, metrics: dict[str, Any]) -> dict[str, Any]:
 def _records_end(path: Path, base_state: dict[str, Any]) -> Iterator[None]:
     """An ablation that stops early says so in ``ablation.json``: "interrupted" (Ctrl-C,
     SIGTERM) or "failed", with the reason; rerunning with the same ``--dir`` resumes it."""
-    from lungfuse.core.pipeline import RunInterrupted, _one_line
+    from lungfuse.core.rundir import RunInterrupted, one_line
 
     try:
         yield
@@ -201,7 +205,7 @@ def _records_end(path: Path, base_state: dict[str, Any]) -> Iterator[None]:
                              "finished": time.time()})
         raise
     except BaseException as exc:
-        atomic.write_json(path, {**base_state, "status": "failed", "reason": _one_line(exc),
+        atomic.write_json(path, {**base_state, "status": "failed", "reason": one_line(exc),
                              "finished": time.time()})
         raise
 
@@ -226,27 +230,19 @@ def run_ablation(
     import yaml
     from tqdm.auto import tqdm
 
-    from lungfuse.core.cohort import load_cohort
     from lungfuse.core.config import config_to_dict
-    from lungfuse.core.pipeline import (
-        build_splits,
-        check_coverage,
-        evaluate_predictions,
-        load_experiment,
-        modality_classes,
-        new_run_dir,
-        prepare_fold_features,
-        progress_enabled,
-        train_fold,
-    )
+    from lungfuse.core.evaluation import evaluate_predictions
+    from lungfuse.core.features import prepare_fold_features
+    from lungfuse.core.folds import train_fold
     from lungfuse.core.registry import FUSION_GROUP
-    from lungfuse.core.splits import fold_ids
+    from lungfuse.core.rundir import new_run_dir, progress_enabled
+    from lungfuse.core.study import Study
 
     started = time.time()
-    cfg, reg = load_experiment(config, registry, plugins)
-    if folds is not None:
-        cfg.evaluation = cfg.evaluation.model_copy(update={"folds": int(folds)})
-    all_mods = modality_classes(cfg, reg)
+    study = Study.from_config(config, registry, plugins, folds=folds)
+    cfg, reg, cohort, splits = study.cfg, study.registry, study.cohort, study.splits
+    assert cohort is not None and splits is not None
+    all_mods = study.modalities
     names = list(modalities) if modalities else list(all_mods)
     unknown = [m for m in names if m not in all_mods]
     if unknown:
@@ -261,8 +257,6 @@ def run_ablation(
     variants = variants_of(names, heads)
     chash = _config_hash(cfg, names, heads)
 
-    cohort = load_cohort(cfg.cohort, cfg.task)
-    splits = build_splits(cfg, cohort)
     out_root = Path(output_dir) if output_dir is not None else Path(cfg.output_dir)
     if ablation_dir is not None and (Path(ablation_dir) / "ablation.json").exists():
         folder = Path(ablation_dir)
@@ -285,15 +279,9 @@ def run_ablation(
     atomic.write_json(folder / "ablation.json", {**base_state, "status": "running"})
     with _records_end(folder / "ablation.json", base_state):
 
-        with tempfile.TemporaryDirectory(prefix="lungfuse-coverage") as cov:
-            coverage = check_coverage(mods, cohort, Path(cov))
-        grid = None
-        if cfg.task.kind == "survival":
-            from lungfuse.core.metrics import survival_time_grid
-
-            t, e = cohort.outcome_columns
-            grid = survival_time_grid(cohort.table[t].to_numpy(), cohort.table[e].to_numpy())
-        fold_keys = sorted({(int(s), int(k)) for s, k in splits[["seed", "fold"]].itertuples(index=False)})
+        coverage = study.check_coverage(names)
+        grid = study.time_grid
+        fold_keys = study.folds
         prepared: dict[tuple[str, int, int], Any] = {}
 
         def features(m: str, seed: int, fold: int, train: list[str]) -> Any:
@@ -321,7 +309,7 @@ def run_ablation(
                     parts.append(pd.read_parquet(part))
                     skipped += 1
                     continue
-                ids = fold_ids(splits, seed, fold)
+                ids = study.fold_ids(seed, fold)
                 prep = {m: features(m, seed, fold, ids["train"]) for m in v.modalities}
                 with tempfile.TemporaryDirectory(prefix="lungfuse-ablate") as scratch:
                     res = train_fold(vcfg, cohort, prep, mods, head_plugins[v.head], ids,

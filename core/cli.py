@@ -23,7 +23,7 @@ CORE_COMMANDS: dict[str, str] = {
     "schema": "lungfuse.core.cli:schema_cmd",
     "validate": "lungfuse.core.cli:validate_cmd",
     "synth": "lungfuse.core.synth.cli:synth",
-    "run": "lungfuse.core.pipeline:run_command",
+    "run": "lungfuse.core.run:run_command",
     "ablate": "lungfuse.core.ablation:ablate_command",
     "score": "lungfuse.core.scoring:score_command",
     "report": "lungfuse.core.report:report_command",

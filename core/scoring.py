@@ -118,30 +118,21 @@ def _patient_table(spec: Any, cfg: Any) -> pd.DataFrame:
 _WEIGHTS = "model.pt"
 
 
-def _fold_dirs(run_dir: Path, run: Mapping[str, Any]) -> list[tuple[int, int]]:
+def _fold_dirs(run_dir: Path, folds: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The (seed, fold) of every fold model the run trained, each checked to be there.
 
-    The folds come from what the run recorded (``run.json``'s ``folds``, else the split
-    assignment in ``splits.parquet``), not from the folders that happen to exist: a fold
-    model deleted from the run folder would otherwise silently leave the risk to the
-    others. A missing fold folder, weights file or ``meta.json``, a weights file that is
-    not a complete archive (truncated, emptied, overwritten) or a ``meta.json`` that is not
-    JSON, is one line naming the file. Other files of the fold (the fitted modality
-    states) are checked as ``load_fold_model`` reads them (``_load_fold``).
+    ``folds`` are what the run recorded (:func:`lungfuse.core.study.recorded_folds`:
+    ``run.json``'s ``folds``, else the split assignment in ``splits.parquet``), not the
+    folders that happen to exist: a fold model deleted from the run folder would otherwise
+    silently leave the risk to the others. A missing fold folder, weights file or
+    ``meta.json``, a weights file that is not a complete archive (truncated, emptied,
+    overwritten) or a ``meta.json`` that is not JSON, is one line naming the file. Other
+    files of the fold (the fitted modality states) are checked as ``load_fold_model``
+    reads them (``_load_fold``).
     """
     import json
     import zipfile
 
-    listed = run.get("folds")
-    if listed:
-        try:
-            folds = sorted({(int(f["seed"]), int(f["fold"])) for f in listed})
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{run_dir / 'run.json'}: `folds` is malformed (each entry needs "
-                            "seed and fold); the run folder is damaged; re-run `lungfuse run`"
-                            ) from None
-    else:
-        folds = _folds_from_splits(run_dir)
     if not folds:
         raise DataError(f"{run_dir}: the run lists no fold models; is it a finished run?")
     n = len(folds)
@@ -171,22 +162,6 @@ def _fold_dirs(run_dir: Path, run: Mapping[str, Any]) -> list[tuple[int, int]]:
     return folds
 
 
-def _folds_from_splits(run_dir: Path) -> list[tuple[int, int]]:
-    """(seed, fold) pairs of the run's split assignment, for a run.json without ``folds``."""
-    import pandas as pd
-
-    path = run_dir / "splits.parquet"
-    if not path.is_file():
-        raise DataError(f"{path}: missing, and run.json does not list the folds; the run "
-                        "folder is incomplete; score with a complete run")
-    try:
-        splits = pd.read_parquet(path, columns=["seed", "fold"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged run folder
-        raise DataError(f"{path}: cannot read the split assignment ({type(exc).__name__}); "
-                        "the run folder is damaged; re-run `lungfuse run`") from None
-    return sorted({(int(a), int(b)) for a, b in splits.itertuples(index=False)})
-
-
 #: Exceptions of reading a damaged file (truncated, emptied, overwritten, not there)
 #: that loading a fold model may raise; anything else is a bug and is not hidden.
 _FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
@@ -195,16 +170,18 @@ _TORCH_FILE_ERRORS = ("PytorchStreamReader", "Error(s) in loading state_dict")
 
 
 def _load_fold(run_dir: Path, seed: int, fold: int, registry: Registry | None,
-               plugins: Iterable[type] | None) -> Any:
-    """``load_fold_model``, with a damaged file of the fold folder as one line naming it."""
+               plugins: Iterable[type] | None, *, study: Any = None) -> Any:
+    """``load_fold_model`` (with the run folder's ``study`` where given), with a damaged
+    file of the fold folder as one line naming it."""
     import pickle
     import zipfile
 
-    from lungfuse.core.pipeline import load_fold_model
+    from lungfuse.core.folds import load_fold_model
 
     fdir = run_dir / "models" / f"seed{seed}-fold{fold}"
     try:
-        return load_fold_model(run_dir, seed, fold, registry=registry, plugins=plugins)
+        return load_fold_model(run_dir, seed, fold, registry=registry, plugins=plugins,
+                               study=study)
     except LungfuseError:
         raise
     except (*_FILE_ERRORS, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError) as exc:
@@ -347,8 +324,7 @@ def _transform_fold(fold: Any, table: pd.DataFrame, spec: Any, inputs: _Modality
                 continue
             parts.append(f)
         cols = fold.meta["feature_columns"][m]
-        feat = pd.concat(parts) if parts else pd.DataFrame(columns=cols)
-        out[m] = feat.reindex(columns=cols).astype("float32")
+        out[m] = fold.align(m, pd.concat(parts) if parts else pd.DataFrame(columns=cols))
     return out
 
 
@@ -394,13 +370,31 @@ def _with_hidden(data: Any, m: str) -> Any:
     return replace(data, present=present)
 
 
-def _output(fold: Any, raw: np.ndarray) -> np.ndarray:
-    """Calibrated probability (binary) or the log-risk itself (survival)."""
-    from lungfuse.core.calibration import apply_calibration
+def _by_model(fold: Any, data: Any) -> pd.DataFrame:
+    """One fold model's rows of ``scores_by_model.parquet``, from its prediction table
+    (:meth:`lungfuse.core.folds.TrainedFold.predict_table`, the path run and ablate use):
+    ``raw`` (logit / log-risk), ``risk`` (calibrated probability / log-risk), the pattern,
+    and per modality its presence, its leave-one-out contribution (``risk`` minus the risk
+    with the modality hidden, NaN where it is absent) and the head's weight; then the
+    survival probabilities at the run's time grid."""
+    import numpy as np
 
-    if fold.meta["task"] == "binary":
-        return apply_calibration(fold.meta.get("calibration", {}), raw)
-    return raw
+    pred = fold.predict_table(data)
+    risk = pred[fold.risk_column].to_numpy()
+    df = pred[["patient_id", "seed", "fold"]].copy()
+    df["raw"] = pred["logit" if fold.meta["task"] == "binary" else "risk"].to_numpy()
+    df["risk"] = risk
+    df["pattern"] = pred["pattern"].to_numpy()
+    for m in fold.names:
+        present = data.present[m].numpy()
+        df[f"present_{m}"] = present
+        hidden = fold.predict_table(_with_hidden(data, m))[fold.risk_column].to_numpy()
+        df[f"contribution_{m}"] = np.where(present, risk - hidden, np.nan)
+        if f"weight_{m}" in pred.columns:
+            df[f"weight_{m}"] = pred[f"weight_{m}"].to_numpy()
+    for c in [c for c in pred.columns if c.startswith("surv_")]:
+        df[c] = pred[c].to_numpy()
+    return df
 
 
 def _integrated_gradients(model: Any, data: Any, steps: int) -> dict[str, np.ndarray]:
@@ -457,12 +451,11 @@ def score_patients(
     Writes the scoring folder ``out_dir`` (default ``RUN/scores-<timestamp>``) and returns
     it with one summary dict per patient (as in ``scores.json``).
     """
-    import numpy as np
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from lungfuse.core.fusion_model import FoldData, predict
-    from lungfuse.core.pipeline import pattern_of, progress_enabled
+    from lungfuse.core.rundir import progress_enabled
+    from lungfuse.core.study import Study
 
     started = time.time()
     run_dir = Path(run_dir).resolve()
@@ -471,8 +464,9 @@ def score_patients(
     spec = load_score_input(spec)
     base_dir = src.parent if src is not None else Path.cwd()
     source = str(src) if src is not None else "<scoring input>"
-    cfg = _run_cfg(run_dir, registry, plugins)
-    folds = _fold_dirs(run_dir, run)
+    study = Study.from_run_folder(run_dir, registry, plugins, run=run)
+    cfg = study.cfg
+    folds = _fold_dirs(run_dir, study.folds)
     out = Path(out_dir) if out_dir is not None else \
         run_dir / f"scores-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out.resolve()
@@ -494,32 +488,15 @@ def score_patients(
         inputs: _ModalityInputs | None = None
         table: pd.DataFrame | None = None
         for seed, fold in tqdm(folds, desc="fold models", disable=not show, unit="model"):
-            tf = _load_fold(run_dir, seed, fold, registry, plugins)
+            tf = _load_fold(run_dir, seed, fold, registry, plugins, study=study)
             if inputs is None:
                 inputs = _ModalityInputs(spec, tf.meta["modalities"], base_dir, source)
                 table = _patient_table(spec, cfg)
             assert table is not None
             feats = _transform_fold(tf, table, spec, inputs, scratch)
-            data = FoldData.build(ids, feats, np.zeros(len(ids)))
-            names = tf.meta["modalities"]
-            raw, w = predict(tf.model, data)
-            df = pd.DataFrame({"patient_id": ids, "seed": seed, "fold": fold, "raw": raw,
-                               "risk": _output(tf, raw)})
-            df["pattern"] = [pattern_of(names, data.present, i) for i in range(len(ids))]
-            for m in names:
-                df[f"present_{m}"] = data.present[m].numpy()
-                hidden, _ = predict(tf.model, _with_hidden(data, m))
-                delta = df["risk"].to_numpy() - _output(tf, hidden)
-                df[f"contribution_{m}"] = np.where(data.present[m].numpy(), delta, np.nan)
-                if w is not None:
-                    df[f"weight_{m}"] = w[:, names.index(m)]
-            if tf.meta["task"] == "survival" and tf.meta.get("time_grid"):
-                from lungfuse.core.pipeline import survival_at
-
-                s = survival_at(tf.meta["breslow"], raw, np.asarray(tf.meta["time_grid"]))
-                for j in range(s.shape[1]):
-                    df[f"surv_{j}"] = s[:, j]
-            rows.append(df)
+            data = tf.fold_data(feats, ids)
+            names = tf.names
+            rows.append(_by_model(tf, data))
             ig = _integrated_gradients(tf.model, data, ig_steps)
             for m in names:
                 cols = tf.meta["feature_columns"][m]
@@ -594,29 +571,6 @@ def score_patients(
 def _parent(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     return out.parent
-
-
-def _run_cfg(run_dir: Path, registry: Registry | None, plugins: Iterable[type] | None) -> Any:
-    """The run's resolved config (``config.yaml``), validated against the plugins at hand."""
-    import yaml
-
-    from lungfuse.core.config import validate_config
-    from lungfuse.core.pipeline import PluginSet
-    from lungfuse.core.registry import default_registry
-
-    reg: Registry = registry or default_registry()
-    if plugins:
-        reg = PluginSet(plugins, reg)
-    path = run_dir / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read the run's config ({type(exc).__name__}); the "
-                        "run folder is damaged; restore it or re-run `lungfuse run`") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a run config (a YAML mapping); the run folder is damaged")
-    return validate_config(data, source=str(run_dir / "config.yaml"), base_dir=run_dir,
-                           registry=reg, check_paths=False)
 
 
 def _safe(pid: str) -> str:

@@ -271,23 +271,16 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
     cache = out / "cache"
 
     with steps.step("extract CT features (per fold, cached)"):
-        from lungfuse.core.cohort import load_cohort
-        from lungfuse.core.pipeline import (
-            build_splits,
-            load_experiment,
-            modality_classes,
-            prepare_fold_features,
-        )
-        from lungfuse.core.splits import fold_ids
+        from lungfuse.core.features import prepare_fold_features
+        from lungfuse.core.study import Study
 
-        cfg, reg = load_experiment(out / "experiment.yaml")
-        cohort = load_cohort(cfg.cohort, cfg.task)
-        splits = build_splits(cfg, cohort)
-        cls, mcfg = modality_classes(cfg, reg)["ct"]
+        study = Study.from_config(out / "experiment.yaml")
+        cohort = study.cohort
+        assert cohort is not None
+        cls, mcfg = study.modalities["ct"]
         n_ct = 0
-        for seed, fold in sorted({(int(a), int(b)) for a, b in
-                                  splits[["seed", "fold"]].itertuples(index=False)}):
-            ids = fold_ids(splits, seed, fold)
+        for seed, fold in study.folds:
+            ids = study.fold_ids(seed, fold)
             prep = prepare_fold_features("ct", cls, mcfg, cohort, ids["train"], seed=seed,
                                          fold=fold, workdir=out / "work" / "ct",
                                          cache_dir=cache, progress=progress)
@@ -295,7 +288,7 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
         summary["ct_feature_patients"] = n_ct
 
     with steps.step("train the fused model (lungfuse run)"):
-        from lungfuse.core.pipeline import run_experiment
+        from lungfuse.core.run import run_experiment
 
         run = run_experiment(out / "experiment.yaml", cache_dir=cache, progress=progress,
                              report=False)
@@ -384,7 +377,7 @@ def demo_command(out: Path, no_progress: bool) -> None:
     scores two new patients and writes the reports; prints where they are and how long
     each step took. An earlier demo in OUT is replaced.
     """
-    from lungfuse.core.pipeline import progress_enabled
+    from lungfuse.core.rundir import progress_enabled
 
     show = progress_enabled(False if no_progress else None)
     logging.getLogger("lungfuse").setLevel(logging.WARNING)

@@ -96,14 +96,14 @@ class Killed(RuntimeError):
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     """An ablation killed after 5 of its 12 fold trainings, then resumed to the end."""
-    import lungfuse.core.pipeline as pipeline
+    import lungfuse.core.folds as folds
     from lungfuse.core.ablation import run_ablation
 
     root = tmp_path_factory.mktemp("ablate")
     cfg = make_data(root)
     folder = root / "abl-dir"
     CountingModality.prepares.clear()
-    real = pipeline.train_fold
+    real = folds.train_fold
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -113,7 +113,7 @@ def ablation(tmp_path_factory):
         return real(*a, **k)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "train_fold", dying)
+    mp.setattr(folds, "train_fold", dying)
     with pytest.raises(Killed):
         run_ablation(cfg, heads=["gated", "concat"], ablation_dir=folder,
                      plugins=[CountingModality], progress=False)
@@ -154,7 +154,7 @@ def test_failed_ablation_says_so_until_resumed(ablation):
 
 
 def test_interrupted_ablation_records_interrupted(tmp_path, monkeypatch):
-    import lungfuse.core.pipeline as pipeline
+    import lungfuse.core.folds as folds
     from lungfuse.core.ablation import run_ablation
 
     cfg = make_data(tmp_path)
@@ -162,7 +162,7 @@ def test_interrupted_ablation_records_interrupted(tmp_path, monkeypatch):
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train_fold", ctrl_c)
+    monkeypatch.setattr(folds, "train_fold", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run_ablation(cfg, ablation_dir=tmp_path / "abl", plugins=[CountingModality],
                      progress=False, report=False)

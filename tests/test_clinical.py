@@ -214,7 +214,7 @@ def test_outcome_column_is_refused_in_the_config(tmp_path: Path) -> None:
 
 
 def test_renamed_outcome_column_is_refused_at_run_time(tmp_path: Path) -> None:
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
 
     df = rows().rename(columns={"malignant": "cancer"})
     df.reset_index().to_parquet(tmp_path / "clinical.parquet", index=False)
@@ -231,7 +231,7 @@ def test_renamed_outcome_column_is_refused_at_run_time(tmp_path: Path) -> None:
 # -- end to end --------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 def test_run_experiment_with_clinical_and_mutations(tmp_path: Path) -> None:
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
     from lungfuse.plugins.genomics.plugin import MutationsModality
 
     n = 24

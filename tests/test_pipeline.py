@@ -111,7 +111,7 @@ def config(root: Path, task: str = "binary", fusion: str = "gated", **over) -> d
 
 
 def run(cfg: dict, **kw):
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
 
     return run_experiment(cfg, plugins=[FakeModality], progress=False, **kw)
 
@@ -372,7 +372,7 @@ def test_same_config_same_results_and_feature_cache(data, tmp_path, binary_run) 
     pd.testing.assert_frame_equal(a, b)
     assert len(list(cache.glob("*/*/features.parquet"))) == 4  # 2 modalities x 2 folds
 
-    from lungfuse.core import pipeline
+    from lungfuse.core import features
 
     calls = []
     orig = FakeModality.prepare
@@ -384,14 +384,15 @@ def test_same_config_same_results_and_feature_cache(data, tmp_path, binary_run) 
     assert calls == [], "cached features must not be prepared again"
     pd.testing.assert_frame_equal(
         a, third.predictions.sort_values("patient_id").reset_index(drop=True))
-    assert pipeline.feature_cache_key({"k": 1}, 0, 0, ["a"]) != \
-        pipeline.feature_cache_key({"k": 1}, 0, 1, ["a"])
+    assert features.feature_cache_key({"k": 1}, 0, 0, ["a"]) != \
+        features.feature_cache_key({"k": 1}, 0, 1, ["a"])
 
 
 def test_scoring_from_run_folder_reproduces_predictions(binary_run) -> None:
     from lungfuse.core.cohort import load_cohort
     from lungfuse.core.contracts import ModalityContext
-    from lungfuse.core.pipeline import load_experiment, load_fold_model
+    from lungfuse.core.folds import load_fold_model
+    from lungfuse.core.study import load_experiment
 
     d = binary_run.run_dir
     fold = load_fold_model(d, 0, 1, plugins=[FakeModality])
@@ -400,7 +401,7 @@ def test_scoring_from_run_folder_reproduces_predictions(binary_run) -> None:
     pred = binary_run.predictions[binary_run.predictions.fold == 1]
     ids = list(pred["patient_id"])
     feats = fold.features(cohort.without_outcomes(ids), ModalityContext(workdir=d / "score"))
-    got = fold.predict(feats, ids)
+    got = fold.predict_table(fold.fold_data(feats, ids))
     assert np.allclose(got["prob_calibrated"].to_numpy(), pred["prob_calibrated"].to_numpy(),
                        atol=1e-5)
     assert list(got["pattern"]) == list(pred["pattern"])

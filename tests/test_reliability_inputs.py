@@ -254,7 +254,7 @@ def test_clinical_ids_are_stripped_and_blank_ids_refused() -> None:
 
 
 def test_covers_none_names_example_ids_and_case_difference(tmp_path: Path) -> None:
-    from lungfuse.core.pipeline import check_coverage
+    from lungfuse.core.study import check_coverage
 
     expr = tmp_path / "expr.parquet"
     pd.DataFrame({"sample": [p.lower() for p in P], "G1": [1.0] * 4}).to_parquet(expr)

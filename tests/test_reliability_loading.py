@@ -335,7 +335,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _load(run_dir: Path, fold: int = 0):
-    from lungfuse.core.pipeline import load_fold_model
+    from lungfuse.core.folds import load_fold_model
 
     return load_fold_model(run_dir, 0, fold, plugins=[FakeModality])
 
@@ -466,7 +466,7 @@ def test_report_on_a_folder_with_a_payload(trained, tmp_path, capsys, monkeypatc
 # ------------------------------------------------------------------ feature cache
 def _prepare(root: Path, cache: Path, cls=FakeModality, **cfg):
     from lungfuse.core.cohort import Cohort
-    from lungfuse.core.pipeline import prepare_fold_features
+    from lungfuse.core.features import prepare_fold_features
 
     table = pd.read_parquet(root / "clinical.parquet").set_index("patient_id")
     cohort = Cohort(table=table, task="binary", outcome_columns=("malignant",))

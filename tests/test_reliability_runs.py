@@ -110,7 +110,7 @@ def config(root: Path, out: Path | None = None, folds: int = 2, epochs: int = 2,
 
 
 def run(cfg, **kw):
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
 
     kw.setdefault("progress", False)
     return run_experiment(cfg, plugins=[WideModality], **kw)
@@ -134,11 +134,11 @@ def data(tmp_path_factory) -> Path:
 def story(data):
     """Run A is interrupted (Ctrl-C) in its second fold; run B, into the same output
     folder, runs uninterrupted and is told about A; then A is resumed."""
-    import lungfuse.core.pipeline as pipeline
+    import lungfuse.core.folds as folds
 
     out = data / "story"
     cfg = config(data, out)
-    real, calls = pipeline.train_fold, {"n": 0}
+    real, calls = folds.train_fold, {"n": 0}
 
     def ctrl_c_in_second_fold(*a, **k):
         calls["n"] += 1
@@ -147,7 +147,7 @@ def story(data):
         return real(*a, **k)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "train_fold", ctrl_c_in_second_fold)
+    mp.setattr(folds, "train_fold", ctrl_c_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     mp.undo()
@@ -185,9 +185,9 @@ def test_bad_input_leaves_no_run_folder(data, tmp_path, breakage) -> None:
 
 
 def test_failure_mid_run_is_recorded_as_failed(data, tmp_path, monkeypatch) -> None:
-    import lungfuse.core.pipeline as pipeline
+    import lungfuse.core.folds as folds
 
-    real, calls = pipeline.train_fold, {"n": 0}
+    real, calls = folds.train_fold, {"n": 0}
 
     def broken_second_fold(*a, **k):
         calls["n"] += 1
@@ -195,7 +195,7 @@ def test_failure_mid_run_is_recorded_as_failed(data, tmp_path, monkeypatch) -> N
             raise DataError("wide.parquet: column 'a' went missing; regenerate it")
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "train_fold", broken_second_fold)
+    monkeypatch.setattr(folds, "train_fold", broken_second_fold)
     with pytest.raises(DataError):
         run(config(data, tmp_path / "runs", epochs=1))
     (folder,) = list((tmp_path / "runs").iterdir())
@@ -272,11 +272,11 @@ def test_resume_refuses_another_config_a_finished_and_a_live_run(story, tmp_path
 
 def test_lightning_ctrl_c_stays_a_keyboard_interrupt() -> None:
     """Lightning's fit answers Ctrl-C with sys.exit(1) and ignores SIGINT from then on;
-    _quiet_lightning gives back the KeyboardInterrupt and the SIGINT handler."""
+    quiet_lightning gives back the KeyboardInterrupt and the SIGINT handler."""
     import lightning as L
     import torch
 
-    from lungfuse.core.pipeline import _quiet_lightning
+    from lungfuse.core.folds import quiet_lightning
 
     class Tiny(L.LightningModule):
         def __init__(self) -> None:
@@ -296,7 +296,7 @@ def test_lightning_ctrl_c_stays_a_keyboard_interrupt() -> None:
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu")
-    with pytest.raises(KeyboardInterrupt), _quiet_lightning():
+    with pytest.raises(KeyboardInterrupt), quiet_lightning():
         trainer.fit(Tiny())
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -399,7 +399,8 @@ def test_cli_output_dir_that_is_a_file(data, tmp_path, capsys) -> None:
 # ------------------------------------------------------------------ case 6: the cache key
 def test_feature_cache_follows_an_input_changed_in_place(data, tmp_path) -> None:
     from lungfuse.core.cohort import load_cohort
-    from lungfuse.core.pipeline import load_experiment, prepare_fold_features
+    from lungfuse.core.features import prepare_fold_features
+    from lungfuse.core.study import load_experiment
 
     wide = tmp_path / "wide.parquet"
     wide.write_bytes((data / "wide.parquet").read_bytes())
@@ -425,7 +426,7 @@ def test_feature_cache_follows_an_input_changed_in_place(data, tmp_path) -> None
 
 
 def test_cache_key_covers_folders_files_and_the_cohort_table(tmp_path) -> None:
-    from lungfuse.core.pipeline import feature_cache_key
+    from lungfuse.core.features import feature_cache_key
 
     root = tmp_path / "ct"
     root.mkdir()
@@ -487,7 +488,7 @@ def test_sigkilled_run_is_marked_named_and_resumes_to_the_same_metrics(data, tmp
     """The kill test: SIGKILL `lungfuse run` once its first fold's model exists; the folder
     stays recognisably unfinished, the next run into the same output folder names it, and
     `--resume` ends it with the metrics of an uninterrupted run."""
-    from lungfuse.core.pipeline import run_experiment
+    from lungfuse.core.run import run_experiment
 
     path = _cnv_config(data, tmp_path, folds=3, epochs=4)
     runs = tmp_path / "runs"
@@ -537,10 +538,10 @@ def test_ctrl_c_during_training_exits_130_with_one_line(data, tmp_path) -> None:
 def test_unfinished_reason_tells_live_from_dead_runs(tmp_path) -> None:
     import socket
 
-    from lungfuse.core.pipeline import STALE_SECONDS, _proc_stat, unfinished_reason
+    from lungfuse.core.rundir import STALE_SECONDS, proc_stat, unfinished_reason
 
     me, here, now = os.getpid(), socket.gethostname(), time.time()
-    stat = _proc_stat(me)
+    stat = proc_stat(me)
 
     def reason(**run) -> str | None:
         (tmp_path / "run.json").write_text(json.dumps(run), encoding="utf-8")
@@ -563,18 +564,18 @@ def test_unfinished_reason_tells_live_from_dead_runs(tmp_path) -> None:
 
 
 def test_hashing_stops_at_the_budget_but_keys_stay_stable(tmp_path, monkeypatch) -> None:
-    import lungfuse.core.pipeline as pipeline
+    import lungfuse.core.features as features
 
-    monkeypatch.setattr(pipeline, "HASH_BUDGET", 15)
+    monkeypatch.setattr(features, "HASH_BUDGET", 15)
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
     a.write_text("0123456789", encoding="utf-8")
     b.write_text("abcdefghij", encoding="utf-8")
     cfg = {"kind": "x", "files": [str(b), str(a)]}
-    budget = [pipeline.HASH_BUDGET]
-    fps = [pipeline.input_fingerprint(p, budget) for p in pipeline.input_paths(cfg)]
+    budget = [features.HASH_BUDGET]
+    fps = [features.input_fingerprint(p, budget) for p in features.input_paths(cfg)]
     assert "sha256" in fps[0] and "mtime_ns" in fps[1], "a.tsv hashed, b.tsv over budget"
-    k = pipeline.feature_cache_key(cfg, 0, 0, [])
-    assert pipeline.feature_cache_key(cfg, 0, 0, []) == k
+    k = features.feature_cache_key(cfg, 0, 0, [])
+    assert features.feature_cache_key(cfg, 0, 0, []) == k
     b.write_text("ABCDEFGHIJ", encoding="utf-8")  # same size: the mtime still tells
     os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))
-    assert pipeline.feature_cache_key(cfg, 0, 0, []) != k
+    assert features.feature_cache_key(cfg, 0, 0, []) != k

@@ -192,7 +192,7 @@ def test_case9_page_names_are_distinct_and_bounded(trained, tmp_path) -> None:  
 def test_case8_file_errors_of_loading_become_one_line_bugs_do_not(tmp_path, monkeypatch) -> None:
     """What escapes ``load_fold_model``: a file problem becomes one line naming the file; a
     programming error is not dressed up as a user error."""
-    from lungfuse.core import pipeline
+    from lungfuse.core import folds
     from lungfuse.core.scoring import _load_fold
 
     state = tmp_path / "models" / "seed0-fold0" / "state.bin"
@@ -200,7 +200,7 @@ def test_case8_file_errors_of_loading_become_one_line_bugs_do_not(tmp_path, monk
     def unreadable(*a, **k):
         raise PermissionError(13, "Permission denied", str(state))
 
-    monkeypatch.setattr(pipeline, "load_fold_model", unreadable)
+    monkeypatch.setattr(folds, "load_fold_model", unreadable)
     with pytest.raises(DataError, match=r"state\.bin: cannot load fold model seed0-fold0 "
                                         r"\(PermissionError: Permission denied\)") as exc:
         _load_fold(tmp_path, 0, 0, None, None)
@@ -209,6 +209,6 @@ def test_case8_file_errors_of_loading_become_one_line_bugs_do_not(tmp_path, monk
     def bug(*a, **k):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(pipeline, "load_fold_model", bug)
+    monkeypatch.setattr(folds, "load_fold_model", bug)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         _load_fold(tmp_path, 0, 0, None, None)

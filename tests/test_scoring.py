@@ -93,8 +93,8 @@ def test_leave_one_out_contribution_is_the_change_when_hidden(trained, tmp_path)
     """contribution_m = risk − risk with m hidden, recomputed here from the fold models."""
     from lungfuse.core.calibration import apply_calibration
     from lungfuse.core.contracts import ModalityContext
+    from lungfuse.core.folds import load_fold_model
     from lungfuse.core.fusion_model import FoldData, predict
-    from lungfuse.core.pipeline import load_fold_model
 
     root, run_dir = trained
     pid = _fake_ids(root)[0][1]

@@ -1,0 +1,82 @@
+"""Held-out predictions → the metrics of a run or an ablation variant (``metrics.json``).
+
+Per split seed: the pooled held-out estimate of every metric with a seeded bootstrap 95%
+CI (resampling patients, stratified on the outcome or event), the same per availability
+pattern (which modalities a patient had), and a point estimate per fold. Binary runs add
+the uncalibrated metrics and the calibration curves; survival metrics are computed at the
+study's time grid, with censoring weights from the whole cohort where it is given.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lungfuse.core.cohort import Cohort
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+__all__ = ["evaluate_predictions"]
+
+
+def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = None,
+                         time_grid: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of held-out predictions: per split seed, overall (bootstrap 95% CIs),
+    per availability pattern (with CIs), per fold (points). ``overall`` is the first
+    seed's; with several seeds ``seed_mean`` averages the point estimates."""
+    import numpy as np
+
+    from lungfuse.core import metrics as M
+
+    ev = cfg.evaluation
+    binary = cfg.task.kind == "binary"
+    out: dict[str, Any] = {"task": cfg.task.kind, "per_seed": {}}
+    if binary:
+        def fn(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+            return M.binary_metrics(y, p, ev.specificity)
+        out["specificity"] = ev.specificity
+    else:
+        grid = np.asarray(time_grid if time_grid is not None else [], float)
+        surv_cols = [f"surv_{j}" for j in range(len(grid))]
+        tt = cohort.table[cohort.outcome_columns[0]].to_numpy() if cohort is not None else None
+        te = cohort.table[cohort.outcome_columns[1]].to_numpy() if cohort is not None else None
+
+        def fn(t: np.ndarray, e: np.ndarray, r: np.ndarray, s: np.ndarray) -> dict[str, float]:
+            return M.survival_metrics(t, e, r, s, grid, tt, te)
+        out["time_grid"] = grid.tolist()
+
+    def arrays(g: pd.DataFrame) -> list[np.ndarray]:
+        if binary:
+            return [g["y"].to_numpy(), g["prob_calibrated"].to_numpy()]
+        s = g[surv_cols].to_numpy() if surv_cols else np.zeros((len(g), 0))
+        return [g["time"].to_numpy(), g["event"].to_numpy(), g["risk"].to_numpy(), s]
+
+    strat_col = "y" if binary else "event"
+    for seed, g in pred.groupby("seed"):
+        res: dict[str, Any] = {"n": len(g), "positives": int(g[strat_col].sum())}
+        res["overall"] = M.bootstrap(fn, arrays(g), n=ev.bootstrap, seed=cfg.seed,
+                                     strata=g[strat_col].to_numpy())
+        if binary:
+            res["uncalibrated"] = M.binary_metrics(g["y"], g["prob"], ev.specificity)
+            res["calibration_curve"] = M.calibration_curve_points(g["y"], g["prob_calibrated"])
+            res["calibration_curve_uncalibrated"] = M.calibration_curve_points(g["y"], g["prob"])
+        res["by_pattern"] = {}
+        for pat, sub in g.groupby("pattern"):
+            strata = sub[strat_col].to_numpy()
+            res["by_pattern"][str(pat)] = {
+                "n": len(sub), "positives": int(strata.sum()),
+                "metrics": M.bootstrap(fn, arrays(sub), n=ev.bootstrap, seed=cfg.seed,
+                                       strata=strata if len(np.unique(strata)) > 1 else None),
+            }
+        res["per_fold"] = {str(k): fn(*arrays(sub)) for k, sub in g.groupby("fold")}
+        out["per_seed"][str(seed)] = res
+    first = next(iter(out["per_seed"].values()))
+    out["overall"] = first["overall"]
+    out["by_pattern"] = first["by_pattern"]
+    if len(out["per_seed"]) > 1:
+        keys = list(first["overall"])
+        out["seed_mean"] = {k: float(np.nanmean([r["overall"][k]["value"]
+                                                 for r in out["per_seed"].values()]))
+                            for k in keys}
+    return out
