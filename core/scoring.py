@@ -815,7 +815,7 @@ def _modality_sections(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any]
     import pandas as pd
 
     from lungfuse.core.contracts import call_section_hook, overrides
-    from lungfuse.core.report.run import section_of
+    from lungfuse.core.report.run import sections_of
 
     pid = s["patient_id"]
     entry = next(p for p in spec.patients if p.id == pid).model_dump()
@@ -829,8 +829,8 @@ def _modality_sections(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any]
             ms = call_section_hook(plugin, "patient_section", entry, row, Path(work),
                                    where=f"score: patient {pid}")
         if ms is not None:
-            out.append(section_of(ms))
-    return out
+            out.append((m, ms))
+    return sections_of(out)
 
 
 # ----------------------------------------------------------------------------- CLI

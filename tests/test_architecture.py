@@ -231,6 +231,14 @@ def test_a_failing_or_malformed_hook_costs_only_its_section(out, why, caplog) ->
     assert "score: patient P1: modality hooked: " in caplog.text and why in caplog.text
 
 
+def test_sections_of_two_modalities_with_one_title_are_told_apart() -> None:
+    from lungfuse.core.report.run import sections_of
+
+    got = sections_of([("ct", ModalitySection("Nodule")), ("pet", ModalitySection("Uptake")),
+                       ("ct2", ModalitySection("Nodule"))])
+    assert [s.title for s in got] == ["Nodule (ct)", "Uptake", "Nodule (ct2)"]
+
+
 def test_a_plugin_without_the_hook_is_not_called() -> None:
     from lungfuse.core.contracts import ModalityConfig, overrides
 

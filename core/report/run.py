@@ -78,10 +78,21 @@ def _config_section(folder: Path) -> Section | None:
                    pre=p.read_text(encoding="utf-8"))
 
 
-def section_of(ms: Any) -> Section:
+def section_of(ms: Any, title: str | None = None) -> Section:
     """A modality's :class:`~lungfuse.core.contracts.ModalitySection` as a report section."""
-    return Section(ms.title, text=list(ms.paragraphs), figures=list(ms.figures),
+    return Section(title or ms.title, text=list(ms.paragraphs), figures=list(ms.figures),
                    tables=[ms.table] if ms.table is not None else [])
+
+
+def sections_of(named: list[tuple[str, Any]]) -> list[Section]:
+    """Report sections of ``[(modality name, ModalitySection)]``, in order; where two
+    modalities give the same title (one plugin configured twice, e.g. two CT series), each
+    such title is followed by its modality's name, so a reader can tell them apart."""
+    from collections import Counter
+
+    seen = Counter(ms.title for _, ms in named)
+    return [section_of(ms, f"{ms.title} ({m})" if seen[ms.title] > 1 else None)
+            for m, ms in named]
 
 
 def _first_fold(folder: Path) -> tuple[int, int, Path] | None:
@@ -170,7 +181,7 @@ def _modality_sections(folder: Path, pred: Any, registry: Registry | None = None
     if rows is None:
         return []
     test = pred[(pred["seed"] == seed) & (pred["fold"] == fold)]
-    sections = []
+    named = []
     for name, (cls, mc) in hooked.items():
         if name not in states:
             continue
@@ -188,8 +199,8 @@ def _modality_sections(folder: Path, pred: Any, registry: Registry | None = None
             ms = call_section_hook(inst, "report_section", rows.loc[ids], Path(work),
                                    where="report")
         if ms is not None:
-            sections.append(section_of(ms))
-    return sections
+            named.append((name, ms))
+    return sections_of(named)
 
 
 # ----------------------------------------------------------------------------- run

@@ -331,11 +331,6 @@ class InfNetModality(ModalityPlugin):
         return self.config.model_copy(update=update)
 
     # ------------------------------------------------------------------ page hooks
-    def _section_title(self, title: str) -> str:
-        """``title``, naming the modality where it is not simply ``infnet`` (a run may
-        configure two CT modalities)."""
-        return title if self.modality_name == self.name else f"{title} ({self.modality_name})"
-
     def patient_section(self, patient, row, workdir: Path) -> ModalitySection | None:
         """The patient page's "Nodule" section: the Inf-Net segmentation (red) on the
         nodule's CT slice, with a ground-truth mask (green) where ``masks_dir`` has one.
@@ -368,7 +363,7 @@ class InfNetModality(ModalityPlugin):
                               annotations=self.config.annotations,
                               masks_dir=self.config.masks_dir,
                               threshold=self.config.threshold, title=pid)
-        section = ModalitySection(self._section_title("Nodule"), paragraphs=[
+        section = ModalitySection("Nodule", paragraphs=[
             f"Inf-Net segmentation (red) on slice {drawn.slice} ({drawn.source}); green: a "
             f"ground-truth mask where one exists. {facts_line(drawn.facts)}"])
         section.add_figure(drawn.figure, f"{pid}: segmented nodule")
@@ -384,7 +379,7 @@ class InfNetModality(ModalityPlugin):
             return None
         series, vols = self._series(patients), self._volumes()
         predictor = None
-        section = ModalitySection(self._section_title("Example segmentations"), paragraphs=[
+        section = ModalitySection("Example segmentations", paragraphs=[
             "Inf-Net of the first fold (trained on that fold's training patients or given as "
             "a checkpoint trained elsewhere) on held-out patients' scans."])
         for pid in [str(p) for p in patients.index[:n]]:
