@@ -9,6 +9,10 @@ DEMO_OUT ?= demo-output
 
 setup: $(STAMP)
 
+# An editable install of this layout (package-dir mapping) makes setuptools print a
+# ten-line notice that folders named like the package could shadow it; the repository has
+# none, so the notice is silenced and a fresh `make setup` prints only its commands.
+$(STAMP): export PYTHONWARNINGS = ignore:Editable installation
 $(STAMP): pyproject.toml constraints.txt examples/lungfuse-cnv/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -30,7 +30,9 @@ from typing import Any
 
 from lungfuse.core.contracts import (
     COMPATIBLE_API_VERSIONS,
+    FusionConfig,
     FusionPlugin,
+    ModalityConfig,
     ModalityPlugin,
 )
 from lungfuse.core.errors import PluginError
@@ -40,6 +42,8 @@ FUSION_GROUP = "lungfuse.fusion"
 COMMAND_GROUP = "lungfuse.commands"
 PLUGIN_GROUPS = (MODALITY_GROUP, FUSION_GROUP)
 _BASES: dict[str, type] = {MODALITY_GROUP: ModalityPlugin, FUSION_GROUP: FusionPlugin}
+#: the config class a plugin base's ``config_model`` must derive from
+_CONFIG_BASES: dict[type, type] = {ModalityPlugin: ModalityConfig, FusionPlugin: FusionConfig}
 
 
 class PluginWarning(UserWarning):
@@ -203,11 +207,39 @@ class Registry:
 
 def _validate_plugin(entry: PluginEntry, obj: Any) -> str:
     """Empty string if ``obj`` is a usable plugin of ``entry.group``, else the reason."""
+    return declaration_problem(obj, _BASES.get(entry.group), registered_as=entry.name,
+                               label=entry.value)
+
+
+def declaration_problem(obj: Any, base: type | None, registered_as: str | None = None,
+                        label: str | None = None) -> str:
+    """Why ``obj`` does not declare itself as a plugin of ``base``, or "" if it does.
+
+    The declaration rules, shared by the registry (a plugin that breaks one is reported
+    and skipped) and by ``lungfuse.testing.check_declaration`` (a plugin author's test
+    fails), so the two never disagree:
+
+    1. ``obj`` is a subclass of ``base`` (:class:`ModalityPlugin` or :class:`FusionPlugin`;
+       ``None``: any object);
+    2. its ``api_version`` is one this lungfuse supports (the reason then names the "API
+       version": the registry marks such a plugin ``incompatible``, not ``error``);
+    3. ``name`` is a non-empty string, and the entry-point name when ``registered_as``
+       is given;
+    4. ``config_model`` is a pydantic model derived from :class:`ModalityConfig` /
+       :class:`FusionConfig`;
+    5. its ``kind`` field is exactly ``Literal["<name>"]``: one value, because a kind
+       with more values could claim another plugin's configs and break the config union
+       of every plugin (validate / run / schema).
+
+    ``label`` names ``obj`` in the subclass rule (default: its qualified name). Only
+    class attributes are read; nothing is instantiated or validated.
+    """
     from pydantic import BaseModel
 
-    base = _BASES.get(entry.group)
+    config_base = _CONFIG_BASES.get(base) if base is not None else None
     if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
-        return f"{entry.value} is not a subclass of {base.__module__}.{base.__name__}"
+        what = label or getattr(obj, "__qualname__", repr(obj))
+        return f"{what} is not a subclass of {base.__module__}.{base.__name__}"
     api = getattr(obj, "api_version", None)
     if api not in COMPATIBLE_API_VERSIONS:
         supported = ", ".join(str(v) for v in sorted(COMPATIBLE_API_VERSIONS))
@@ -216,14 +248,17 @@ def _validate_plugin(entry: PluginEntry, obj: Any) -> str:
             "upgrade the plugin or lungfuse"
         )
     name = getattr(obj, "name", None)
-    if name != entry.name:
-        return f"declares name {name!r} but is registered as '{entry.name}'"
+    if not isinstance(name, str) or not name:
+        return f"declares no plugin name (a non-empty string `name`), got {name!r}"
+    if registered_as is not None and name != registered_as:
+        return f"declares name {name!r} but is registered as '{registered_as}'"
     cfg = getattr(obj, "config_model", None)
     if not (isinstance(cfg, type) and issubclass(cfg, BaseModel)):
         return "has no pydantic `config_model`"
+    if config_base is not None and not issubclass(cfg, config_base):
+        return (f"config_model {cfg.__name__} must subclass "
+                f"{config_base.__module__}.{config_base.__name__}")
     kind = cfg.model_fields.get("kind")
-    # exactly Literal[name]: a kind with more values could claim another plugin's kind
-    # and break the config union of every plugin (validate / run / schema)
     if (kind is None or typing.get_origin(kind.annotation) is not typing.Literal
             or typing.get_args(kind.annotation) != (name,)):
         return f"config_model {cfg.__name__} must declare kind: Literal['{name}'] (one value)"

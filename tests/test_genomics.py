@@ -86,14 +86,17 @@ def test_conformance_expression() -> None:
     {"selection": "gmt"},
 ])
 def test_conformance_expression_variants(tmp_path: Path, settings: dict) -> None:
-    ids = list(example_cohort().index)
-    cfg = ExpressionModality.example(tmp_path, ids).model_dump()
     if settings.get("selection") == "gmt":
         gmt = tmp_path / "sets.gmt"
-        gmt.write_text("A\tdesc\tEGFR\tKRAS\tTP53\nB\tdesc\tGENE001\tGENE002\tNOPE\n")
+        gmt.write_text("A\tdesc\tEGFR\tKRAS\tTP53\nB\tdesc\tGENE001\tGENE002\tNOPE\n",
+                       encoding="utf-8")
         settings = {**settings, "gmt": gmt}
-    cfg.update(settings)
-    check_modality_plugin(ExpressionModality, config=cfg, workdir=tmp_path / "w")
+
+    def config(folder: Path, ids: list[str]) -> dict:
+        # a callable, so the leakage check can write the data for more patients
+        return {**ExpressionModality.example(folder, ids).model_dump(), **settings}
+
+    check_modality_plugin(ExpressionModality, config=config, workdir=tmp_path / "w")
 
 
 def test_plugin_module_imports_without_heavy_modules() -> None:

@@ -326,18 +326,30 @@ class MutationSource:
 # expression
 # ==========================================================================================
 class ExpressionSource:
-    """Reads a wide or long Parquet expression table with projection and sample filters."""
+    """Reads a wide or long Parquet expression table with projection and sample filters,
+    or an AnnData ``.h5ad`` file (:mod:`.h5ad`: only the wanted genes / samples)."""
 
     def __init__(self, config: Any) -> None:
         self.cfg = config
         self.path = Path(config.path)
         self._layout: str | None = None
         self._table: R.ParquetTable | None = None
+        self._h5ad: Any = None
         self._samples: list[str] | None = None
         self._raw_samples: dict[str, list[str]] = {}  # stripped id -> spellings in file
         self._mapper: R.SampleMapper | None = None
 
     # -- inputs ----------------------------------------------------------------------------
+    def h5ad(self) -> Any:
+        """The ``.h5ad`` reader when the input is AnnData (``format``), else None."""
+        if self.cfg.file_format() != "h5ad":
+            return None
+        if self._h5ad is None:
+            from lungfuse.plugins.genomics.h5ad import H5adExpression
+
+            self._h5ad = H5adExpression(self.path, self.cfg.layer, self.cfg.var_gene_column)
+        return self._h5ad
+
     def schema(self) -> tuple[pa.Schema, str]:
         if self._table is None:
             c = self.cfg
@@ -393,6 +405,10 @@ class ExpressionSource:
     def samples(self) -> list[str]:
         """Sample ids in the table (reads the sample column only, or the schema)."""
         if self._samples is None:
+            if self.h5ad() is not None:
+                self._raw_samples = R.strip_ids(self.h5ad().samples())
+                self._samples = sorted(self._raw_samples)
+                return self._samples
             schema, layout = self.schema()
             c = self.cfg
             if layout == "wide" and c.orientation == "genes_x_samples":
@@ -413,7 +429,10 @@ class ExpressionSource:
         return sorted({mapper(s) or s for s in self.samples()})
 
     def table_genes(self) -> list[str]:
-        """Gene ids in the table (wide: the schema; long/genes × samples: the gene column)."""
+        """Gene ids in the table (wide: the schema; long/genes × samples: the gene column;
+        .h5ad: var, in file order)."""
+        if self.h5ad() is not None:
+            return [g for g in self.h5ad().genes() if g]
         schema, layout = self.schema()
         c = self.cfg
         if layout == "wide" and c.orientation == "samples_x_genes":
@@ -439,10 +458,18 @@ class ExpressionSource:
     def read(self, samples: Sequence[str], genes: Sequence[str] | None) -> pd.DataFrame:
         """Samples × genes float64 frame for ``samples`` (rows) and ``genes`` (columns that
         exist; all when None). Reads only those columns / rows."""
-        schema, layout = self.schema()
-        c = self.cfg
         self.samples()  # the raw spellings of the sample ids
         samples = R.raw_spellings(samples, self._raw_samples)
+        if self.h5ad() is not None:
+            df = self.h5ad().read(samples, genes)
+            df.index = pd.Index([s.strip() for s in df.index])
+            if df.index.has_duplicates:
+                dup = df.index[df.index.duplicated()][0]
+                raise DataError(f"{self.path}: sample {dup!r} is in obs twice; keep one entry "
+                                "per sample (adata.obs_names_make_unique())")
+            return df
+        schema, layout = self.schema()
+        c = self.cfg
         if layout == "wide" and c.orientation == "samples_x_genes":
             present = self.table_genes()
             have = set(present)
@@ -553,6 +580,8 @@ class ExpressionSource:
         else:
             wanted = None
         x = self.patient_matrix(by, wanted)
+        if c.selection == "panel" and wanted and x.shape[1] == 0:
+            self._no_panel_gene(wanted)
         if c.selection == "top_variance":
             var = x.var(axis=0, ddof=1, skipna=True).fillna(-1.0)
             order = sorted(var.items(), key=lambda kv: (-kv[1], str(kv[0])))
@@ -595,6 +624,17 @@ class ExpressionSource:
         log.info("expression: fitted %d genes%s on %d training patients", len(genes),
                  f" in {len(sets)} gene sets" if sets else "", len(by))
         return {"genes": genes, "mean": mean, "sd": sd, "missing": missing, "sets": sets}
+
+    def _no_panel_gene(self, wanted: list[str]) -> None:
+        """None of the panel's genes is in the table: a gene-id mismatch (symbols against
+        Entrez or Ensembl ids), never a panel worth fitting on zeros."""
+        have = self.table_genes()[:3]
+        where = "var" if self.h5ad() is not None else "the expression table"
+        fix = ("set `var_gene_column` to the var column of gene symbols, or fix `panel`"
+               if self.h5ad() is not None else "check `gene_id` (symbol/entrez) and `panel`")
+        raise DataError(f"{self.path}: none of the {len(wanted)} panel genes (e.g. "
+                        f"{', '.join(wanted[:3])}) is in {where} (which has e.g. "
+                        f"{', '.join(have) or 'no genes'}); {fix}")
 
     def transform(self, state: dict[str, Any], ids: Sequence[str],
                   log: logging.Logger) -> pd.DataFrame:

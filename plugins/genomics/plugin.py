@@ -185,10 +185,26 @@ class MutationsConfig(_GenomicsConfig):
 
 
 class ExpressionConfig(_GenomicsConfig):
-    """Gene expression (wide or long Parquet) → transformed, selected gene features."""
+    """Gene expression (Parquet or AnnData .h5ad) → transformed, selected gene features."""
 
     kind: Literal["expression"] = "expression"
-    path: InputFile = Field(description="Parquet expression table (wide or long layout).")
+    path: InputFile = Field(
+        description="Expression table: Parquet (wide or long layout) or AnnData `.h5ad` "
+        "(obs = samples, var = genes)."
+    )
+    format: Literal["auto", "parquet", "h5ad"] = Field(
+        default="auto",
+        description="`auto`: AnnData when the file name ends in `.h5ad`, Parquet otherwise.",
+    )
+    layer: str | None = Field(
+        default=None,
+        description="`.h5ad` only: the layer holding the values (default: X), e.g. `counts`.",
+    )
+    var_gene_column: str | None = Field(
+        default=None,
+        description="`.h5ad` only: the var column holding the gene ids (default: var_names), "
+        "e.g. gene symbols when var_names are Ensembl ids.",
+    )
     layout: Literal["auto", "wide", "long"] = Field(
         default="auto",
         description="`wide`: one row per sample, one column per gene; `long`: rows "
@@ -240,7 +256,20 @@ class ExpressionConfig(_GenomicsConfig):
             raise ValueError("selection 'gmt' needs a `gmt` file")
         if self.layout == "long" and self.orientation != "samples_x_genes":
             raise ValueError("orientation applies to the wide layout only")
+        if self.file_format() == "h5ad":
+            if self.layout == "long" or self.orientation != "samples_x_genes":
+                raise ValueError(".h5ad input is samples (obs) x genes (var): `layout: long` "
+                                 "and `orientation` apply to Parquet tables only")
+        elif self.layer is not None or self.var_gene_column is not None:
+            raise ValueError("`layer` and `var_gene_column` apply to .h5ad input only; set "
+                             "`format: h5ad` if the file is AnnData")
         return self
+
+    def file_format(self) -> str:
+        """``"h5ad"`` or ``"parquet"``: ``format``, or for ``auto`` the file name."""
+        if self.format != "auto":
+            return self.format
+        return "h5ad" if str(self.path).lower().endswith(".h5ad") else "parquet"
 
 
 def _ids(frame: pd.DataFrame) -> list[str]:
@@ -320,7 +349,8 @@ class ExpressionModality(_GenomicsModality):
     name = "expression"
     api_version = 1
     config_model = ExpressionConfig
-    description = "Gene expression (Parquet, wide or long): panel, top-variance or GMT scores"
+    description = ("Gene expression (Parquet, wide or long, or AnnData .h5ad): panel, "
+                   "top-variance or GMT scores")
 
     def _src(self) -> Any:
         if self._source is None:
