@@ -5,6 +5,7 @@ Tiny on purpose: ``test_resnet`` backbone, 64-px slices, 6 synthetic scans, 1 ep
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -365,3 +366,280 @@ def test_segment_train_semi_from_yaml(tree: Path, tmp_path: Path,
     assert exc.value.code == 2
     assert "belongs to a test patient" in capsys.readouterr().err
     assert not (bad / "out" / "semi").exists()
+
+
+# ----------------------------------------------------------------------------- fixmatch
+FIX = SemiSettings(method="fixmatch", steps=2, batch_size=2, unlabelled_batch_size=2,
+                   rampup_steps=0, tau=0.51, ema_decay=0.9, final_epochs=0, checkpoint_every=2)
+
+
+class Untouchable:
+    """Stands where a mask of U would be: reading it in any way fails the test."""
+
+    def _fail(self, *a: Any, **k: Any) -> Any:
+        raise AssertionError("a mask of an unlabelled slice was read")
+
+    __getattr__ = __getitem__ = __array__ = __bool__ = __len__ = __iter__ = _fail
+
+
+def _init_net(seed: int = 0) -> InfNet:
+    torch.manual_seed(seed)
+    return InfNet("test_resnet", channel=8)
+
+
+def _fixmatch(cases: list[ctio.Case], state: Path, semi: SemiSettings = FIX,
+              **kw: Any) -> SemiTrainer:
+    cands = kw.pop("candidates", None) or [
+        Candidate(c.uid, c.patient_id, c.z, c.image, hidden_mask=Untouchable())  # type: ignore
+        for c in unlabelled(cases)]
+    return make_trainer(cases, state, semi=semi, candidates=cands, **kw)
+
+
+def test_fixmatch_step_trains_on_confident_pseudo_labels_of_strong_views(
+        cases: list[ctio.Case], tmp_path: Path) -> None:
+    """One on-line step changes the student, moves the EMA teacher toward it, and the
+    unlabelled term changes what the student learns (λ_u = 0 gives another model)."""
+    init = _init_net()
+    one = FIX.model_copy(update={"steps": 1})
+    tr = _fixmatch(cases, tmp_path / "a", one)
+    model = tr.run(init=init)
+    rec = tr.history[1]
+    assert rec.steps == 1 and rec.added == len(tr.candidates) and 0 < rec.online["confident"] <= 1
+    before, after = init.state_dict(), model.state_dict()
+    moved = [k for k in before if before[k].is_floating_point()
+             and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("resnet.") for k in moved) and any(k.startswith("ra2_") for k in moved)
+    obj = torch.load(tr.state_dir / "model_001.pt", weights_only=True)
+    name = "ra2_conv4.conv.weight"
+    torch.testing.assert_close(obj["teacher"][name],
+                               0.9 * before[name] + 0.1 * obj["student"][name])
+    assert not (tr.state_dir / "online.pt").exists()  # the phase's state is folded in
+
+    supervised_only = _fixmatch(cases, tmp_path / "b", one.model_copy(update={"lambda_u": 0.0}))
+    other = supervised_only.run(init=init).state_dict()
+    assert not torch.equal(other[name], after[name])
+
+
+def test_pseudo_labels_confidence_and_cutmix_stay_aligned() -> None:
+    from lungfuse.plugins.imaging_infnet.fixmatch import (
+        apply_cutmix,
+        cutmix_boxes,
+        pseudo_targets,
+        rampup,
+        strong_view,
+        weak_view,
+    )
+
+    prob = torch.tensor([[[0.99, 0.7], [0.3, 0.01]]])
+    y, m = pseudo_targets(prob, 0.95)
+    assert y.tolist() == [[[1.0, 1.0], [0.0, 0.0]]] and m.tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
+    assert rampup(0, 10) == pytest.approx(math.exp(-5)) and rampup(10, 10) == rampup(99, 10) == 1.0
+
+    n, s = 4, 32
+    gen = torch.Generator().manual_seed(3)
+    img = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, s, s) / 10
+    target = torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, s, s).clone()
+    valid = (torch.arange(n) % 2).float().view(n, 1, 1).expand(n, s, s).clone()
+    boxes, partner = cutmix_boxes(n, s, 1.0, gen)
+    assert bool((partner != torch.arange(n)).all()) and bool((boxes.flatten(1).sum(1) > 0).all())
+    mi, mt, mv = apply_cutmix(img, target, valid, boxes, partner)
+    for i in range(n):
+        inside = boxes[i] > 0
+        j = int(partner[i])
+        assert bool((mt[i][inside] == j).all()) and bool((mt[i][~inside] == i).all())
+        assert bool((mv[i][inside] == j % 2).all()) and bool((mv[i][~inside] == i % 2).all())
+        torch.testing.assert_close(mi[i, 0] * 10, mt[i])  # image and label from one slice
+    none, _ = cutmix_boxes(n, s, 0.0, gen)
+    assert not bool(none.any())
+    # the strong view moves no pixel: a bright square stays where the weak view put it
+    sq = torch.zeros(1, 3, s, s)
+    sq[..., 8:16, 20:28] = 1.0
+    st = strong_view(sq, torch.Generator().manual_seed(0))
+    assert float(st[..., 8:16, 20:28].mean()) > float(st.mean()) + 0.3
+    assert weak_view(sq, torch.Generator().manual_seed(0)).shape == sq.shape
+
+
+def test_fixmatch_never_reads_the_masks_of_unlabelled_scans(
+        cases: list[ctio.Case], tree: Path, tmp_path: Path) -> None:
+    """U cut at candidate points from scans whose label arrays cannot be read, with
+    hidden masks that cannot be read either: the on-line phase still trains."""
+    from lungfuse.plugins.imaging_infnet.candidates import read_candidates
+
+    blind = [ctio.Case(c.uid, c.volume, Untouchable(), [], c.patient_id)  # type: ignore
+             for c in cases[2:4]]
+    csv = _candidates_csv(tmp_path / "c.csv", tree, ["u2", "u3"])
+    pts = read_candidates(csv, {c.uid for c in cases})
+    crop = SliceSettings(img_size=64, mode="crop", crop_mm=32)
+    cands = semi_mod.candidates_at_points(blind, pts, crop, neighbours=1)
+    assert cands and all("@" in c.key for c in cands)
+    cands = [Candidate(c.uid, c.patient_id, c.z, c.image, Untouchable(), c.centre)  # type: ignore
+             for c in cands]
+    labelled = build_pool(cases[:2], crop, 0.5, seed=0)
+    tr = SemiTrainer(labelled, cands, None, crop, TRAIN, FIX, tmp_path / "state",
+                     ["P0", "P1"], test_patients={"P4"}, progress=False)
+    tr.run(init=_init_net())
+    assert tr.history[-1].steps == FIX.steps
+
+
+def test_fixmatch_resumes_where_it_stopped(cases: list[ctio.Case], tmp_path: Path) -> None:
+    """Killed inside the on-line phase, the rerun starts from the last saved step and ends
+    with the same model as a run that was never interrupted."""
+    semi = FIX.model_copy(update={"steps": 4, "checkpoint_every": 2})
+    init = _init_net()
+    ref = _fixmatch(cases, tmp_path / "ref", semi).run(init=init)
+
+    state = tmp_path / "state"
+    tr = _fixmatch(cases, state, semi)
+
+    def crash(t: int) -> None:
+        if t == 3:
+            raise RuntimeError("simulated kill")
+
+    tr.on_step = crash
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        tr.run(init=init)
+    saved = torch.load(state / "online.pt", weights_only=True)
+    assert saved["step"] == 2 and not (state / "round_001.pt").exists()
+    # a state of other fixmatch settings is refused, not continued
+    with pytest.raises(ConfigError, match="different semi-supervised configuration"):
+        _fixmatch(cases, state, semi.model_copy(update={"lambda_u": 0.5})).run(init=init)
+
+    seen: list[int] = []
+    again = _fixmatch(cases, state, semi)
+    again.on_step = seen.append
+    model = again.run(init=_init_net(seed=1))  # round 0 comes from the state, not init
+    assert seen == [2, 3]
+    assert again.history[1].steps == 4
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+# ----------------------------------------------------------------------------- candidates
+def _candidates_csv(path: Path, tree: Path, uids: list[str], extra: str = "") -> Path:
+    """Candidates of ``uids``: each annotated nodule plus a point in a lung, with a class
+    column that is not a label at all (the reader must not need it)."""
+    import pandas as pd
+
+    ann = pd.read_csv(tree / "annotations.csv", dtype={"seriesuid": str})
+    lines = ["seriesuid,coordX,coordY,coordZ,class"]
+    for uid in uids:
+        rows = ann[ann.seriesuid == uid]
+        for r in rows.itertuples():
+            lines.append(f"{uid},{r.coordX},{r.coordY},{r.coordZ},?")
+        r = rows.iloc[0]
+        lines.append(f"{uid},{r.coordX + 3.0},{r.coordY - 2.0},{r.coordZ + 2.0},unknown")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def test_candidates_file_cuts_crops_at_its_points(cases: list[ctio.Case], tree: Path,
+                                                  tmp_path: Path) -> None:
+    from lungfuse.plugins.imaging_infnet.candidates import read_candidates, sample_per_series
+    from lungfuse.plugins.imaging_infnet.dataset import cut_slice
+
+    csv = _candidates_csv(tmp_path / "c.csv", tree, ["u2", "u3"])
+    pts = read_candidates(csv, {c.uid for c in cases})
+    assert [q.line for q in pts] == list(range(2, 2 + len(pts)))
+    crop = SliceSettings(img_size=64, mode="crop", crop_mm=32)
+    # u2 is unlabelled; u3's points are ignored when u3 is not among the unlabelled scans
+    cands = semi_mod.candidates_at_points(cases[2:3], pts, crop)
+    u2 = [q for q in pts if q.uid == "u2"]
+    assert len(cands) == len(u2)
+    vol = cases[2].volume
+    for q, c in zip(u2, cands, strict=True):
+        x, y, z = vol.world_to_index(q.world)
+        assert c.z == round(z) and c.centre == pytest.approx((x, y))
+        want, _ = cut_slice(vol, c.z, crop, None, (x, y))
+        assert torch.equal(c.image, want.half())
+    # whole slices in full mode: one per distinct slice; neighbours add slices around it
+    full = semi_mod.candidates_at_points(cases[2:3], pts, SLICES)
+    assert {c.key for c in full} == {f"u2:{round(vol.world_to_index(q.world)[2])}" for q in u2}
+    wide = semi_mod.candidates_at_points(cases[2:3], pts[:1], crop, neighbours=2)
+    assert [c.z for c in wide] == [cands[0].z + d for d in (-2, -1, 0, 1, 2)]
+    assert len(sample_per_series(pts, 1, seed=0)) == 2  # one of each series
+    assert sample_per_series(pts, 1, 0) == sample_per_series(pts, 1, 0)
+
+
+@pytest.mark.parametrize(("extra", "edit", "message"), [
+    ("u2,1.0,abc,3.0,0\n", None, r"c\.csv, line \d+: coordY 'abc' is not a finite number"),
+    ("u2,1.0,2.0,,0\n", None, r"line \d+: coordZ '' is not a finite number"),
+    (",1.0,2.0,3.0,0\n", None, r"line \d+: empty seriesuid"),
+    ("u9,1.0,2.0,3.0,0\n", None, r"line \d+: series u9 is not under the CT root"),
+    ("u2,1.0,2.0,3.0,0,7,8\n", None, r"malformed candidates CSV"),
+    ("", lambda t: t.replace("coordX", "x"), r"missing column\(s\) coordX"),
+    ("u2,1.0,2.0,9999.0,0\n", None, r"line \d+: point .* lies outside series u2"),
+])
+def test_candidates_file_errors_are_one_line(cases: list[ctio.Case], tree: Path,
+                                             tmp_path: Path, extra: str, edit: Any,
+                                             message: str) -> None:
+    from lungfuse.plugins.imaging_infnet.candidates import read_candidates
+
+    csv = _candidates_csv(tmp_path / "c.csv", tree, ["u2"], extra)
+    if edit is not None:
+        csv.write_text(edit(csv.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(DataError, match=message) as exc:
+        pts = read_candidates(csv, {c.uid for c in cases})
+        semi_mod.candidates_at_points(cases[2:3], pts, SLICES, source=str(csv))
+    assert "\n" not in str(exc.value)
+
+
+def test_segment_train_fixmatch_on_candidates(tree: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from lungfuse.core.cli import main
+
+    csv = _candidates_csv(tmp_path / "cand.csv", tree, ["u2", "u3"])
+    path = _config(tmp_path, tree, method="fixmatch", unlabelled_series=["u3"],
+                   candidates=str(csv), steps=2, batch_size=4, ema_decay=0.9,
+                   final_epochs=0, labelled_fraction=None)
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["slices"] = {"img_size": 64, "mode": "crop", "crop_mm": 32}
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(path), "--no-progress"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    n_u3 = sum(1 for ln in csv.read_text(encoding="utf-8").splitlines() if ln.startswith("u3,"))
+    assert "semi-supervised (fixmatch): 1 round(s)" in out and f"+ {n_u3} unlabelled" in out
+    _, meta = load_checkpoint(tmp_path / "out" / "infnet.pt")
+    assert meta["extra"]["method"] == "fixmatch" and meta["extra"]["history"][1]["steps"] == 2
+
+    # a bad row stops the command with one line before anything is trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    csv.write_text(csv.read_text(encoding="utf-8") + "u3,1.0,oops,2.0,0\n", encoding="utf-8")
+    path = _config(bad, tree, method="fixmatch", unlabelled_series=["u3"], candidates=str(csv))
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(path), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "coordY 'oops' is not a finite number" in err and len(err.splitlines()) == 1
+    assert not (bad / "out").exists()
+
+
+def test_synth_writes_luna16_candidates(tiny_cohort: Path) -> None:
+    """True nodules (class 1) inside their own label, false candidates (class 0) in the
+    lungs away from every nodule, more false than true, LUNA16's columns."""
+    import pandas as pd
+    import SimpleITK as sitk
+
+    cand = pd.read_csv(tiny_cohort / "ct" / "candidates.csv", dtype={"seriesuid": str})
+    ann = pd.read_csv(tiny_cohort / "ct" / "annotations.csv", dtype={"seriesuid": str})
+    assert list(cand.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class"]
+    assert set(cand["class"]) == {0, 1} and (cand["class"] == 1).sum() == len(ann)
+    assert (cand["class"] == 0).sum() >= 3 * len(ann)
+    for uid, rows in cand.groupby("seriesuid"):
+        img = sitk.ReadImage(str(next((tiny_cohort / "ct").glob(f"subset*/{uid}.mhd"))))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_cohort / "ct" / "masks" /
+                                                         f"{uid}.mhd")))
+        hu = sitk.GetArrayFromImage(img)
+        hits = []
+        for r in rows.itertuples():
+            i = img.TransformPhysicalPointToIndex((r.coordX, r.coordY, r.coordZ))
+            label = int(mask[i[2], i[1], i[0]])
+            if r[5] == 1:
+                hits.append(label)
+            else:
+                assert label == 0 and hu[i[2], i[1], i[0]] > -1000, (uid, r)
+        assert sorted(hits) == list(range(1, (ann.seriesuid == uid).sum() + 1)), uid

@@ -9,6 +9,7 @@ Layout written under ``out_dir`` (see docs/synthetic.md for the generative model
     clinical.parquet            patient_id, seriesuid, age, sex, pack_years, malignant, time, event
     ct/subset{k}/<uid>.mhd/.raw int16 HU, LUNA16 layout
     ct/annotations.csv          seriesuid, coordX, coordY, coordZ, diameter_mm (world mm)
+    ct/candidates.csv           seriesuid, coordX, coordY, coordZ, class (LUNA16 candidates)
     ct/masks/<uid>.mhd/.zraw    uint8 nodule labels 1..n in annotations.csv row order
     omics/mutations.parquet     MAF columns
     omics/sequenced_samples.txt every DNA-sequenced sample (also those with no calls)
@@ -64,6 +65,8 @@ class SynthResult:
     n_nodules: int
     n_mutations: int
     n_expression_samples: int
+    #: LUNA16-style detector candidates (true nodules and look-alikes; see candidates.py)
+    candidates: Path | None = None
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -144,6 +147,7 @@ def generate(out_dir: str | os.PathLike[str], preset: str = "tiny", patients: in
         ct_dir=out / "ct" if has_ct else None,
         annotations=out / "ct" / "annotations.csv" if has_ct else None,
         masks_dir=out / "ct" / "masks" if has_ct else None,
+        candidates=out / "ct" / "candidates.csv" if has_ct else None,
         mutations=out / "omics" / "mutations.parquet",
         sequenced_samples=out / "omics" / "sequenced_samples.txt",
         expression=out / "omics" / "expression.parquet",

@@ -27,13 +27,17 @@ class SemiSettings(BaseModel):
     ``mean(max(p, 1 - p)) >= tau`` (over all its pixels, or over those with
     ``p > ignore_band[0]`` with ``confidence_over: foreground``), ignores pixels with
     ``ignore_band[0] < p < ignore_band[1]`` in the loss, and replaces the previous round's
-    pseudo set.
-    Both finish with a fine-tune on the labelled slices only.
+    pseudo set. ``fixmatch`` (FixMatch, Sohn et al. 2020, for segmentation as in UniMatch,
+    Yang et al. 2023): one on-line phase of ``steps`` optimiser steps, each on a labelled
+    batch and an unlabelled batch whose confident pixels (``max(p, 1 - p) >= tau`` on a
+    weakly augmented view through the teacher) supervise the student on a strongly
+    augmented view (and on dropout-perturbed features, ``feature_dropout``).
+    All finish with a fine-tune on the labelled slices only (``final_epochs``, 0: none).
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    method: Literal["progressive", "confidence"] = "progressive"
+    method: Literal["progressive", "confidence", "fixmatch"] = "progressive"
     k_per_round: int = Field(default=5, ge=1, description="Unlabelled slices taken per round.")
     rounds: int | None = Field(default=None, ge=1, description="Number of rounds (default: "
                                "until every unlabelled slice has been taken).")
@@ -46,7 +50,8 @@ class SemiSettings(BaseModel):
     hard_labels: bool = Field(default=True, description="Pseudo masks thresholded at 0.5 "
                               "(else the predicted probabilities are the targets).")
     tau: float = Field(default=0.97, gt=0.5, le=1.0,
-                       description="confidence: keep slices with mean max(p, 1-p) >= tau.")
+                       description="confidence: keep slices with mean max(p, 1-p) >= tau; "
+                       "fixmatch: a pixel's pseudo label counts when max(p, 1-p) >= tau.")
     confidence_over: Literal["slice", "foreground"] = Field(
         default="slice", description="confidence: the pixels the slice confidence averages "
         "over. 'slice': all of them (background dominates, and a missed nodule is a "
@@ -56,14 +61,44 @@ class SemiSettings(BaseModel):
         default=(0.2, 0.8), description="confidence: pixels with p strictly inside are "
         "ignored by the loss.")
     ema_decay: float | None = Field(default=None, gt=0, lt=1, description="Teacher = EMA of "
-                                    "the student with this decay per step (None: no teacher).")
+                                    "the student with this decay per step (None: no teacher; "
+                                    "fixmatch then labels with the student itself).")
+    steps: int = Field(default=1000, ge=1, description="fixmatch: optimiser steps of the "
+                       "on-line phase (each: a labelled and an unlabelled batch).")
+    unlabelled_batch_size: int | None = Field(
+        default=None, ge=1, description="fixmatch: unlabelled slices per step (default: "
+        "batch_size).")
+    lambda_u: float = Field(default=1.0, ge=0, description="fixmatch: weight of the "
+                            "unlabelled loss after the ramp-up.")
+    rampup_steps: int = Field(default=200, ge=0, description="fixmatch: the unlabelled "
+                              "weight rises as exp(-5 (1 - t)^2), t = step / rampup_steps.")
+    feature_dropout: float = Field(
+        default=0.5, ge=0, lt=1, description="fixmatch: UniMatch's feature-perturbation "
+        "stream: channel dropout with this rate on the student's backbone features of the "
+        "weak view, supervised by the same pseudo labels (0: no such stream).")
+    cutmix: float = Field(default=0.5, ge=0, le=1, description="fixmatch: probability "
+                          "that a strong view gets a box (image and pseudo label) of "
+                          "another unlabelled slice pasted in.")
+    checkpoint_every: int = Field(default=50, ge=1, description="fixmatch: steps between "
+                                  "resumable states (a killed run resumes from the last).")
+    candidates: InputPath | None = Field(
+        default=None, description="LUNA16-style candidates CSV (seriesuid, coordX, coordY, "
+        "coordZ in world mm; a class column is never used): the unlabelled series' slices "
+        "are cut at these points (crops centred on them with slices.mode crop) instead of "
+        "every slice_stride-th whole slice.")
+    candidate_neighbours: int = Field(default=0, ge=0, description="candidates: also this "
+                                      "many slices above and below each candidate's slice.")
+    candidates_per_series: int | None = Field(
+        default=None, ge=1, description="candidates: at most this many per series (a "
+        "seeded sample; LUNA16 has hundreds per scan).")
     labelled_fraction: float | None = Field(
         default=None, gt=0, lt=1, description="Experiments: keep the labels of this fraction "
         "of the training slices (seeded) and treat the rest as unlabelled.")
     unlabelled_series: list[str] = Field(
         default_factory=list, description="Series uids under ct_root whose labels are not "
         "used: their slices form the unlabelled pool.")
-    slice_stride: int = Field(default=1, ge=1, description="Unlabelled scans: every n-th slice.")
+    slice_stride: int = Field(default=1, ge=1, description="Unlabelled scans without "
+                              "candidates: every n-th slice.")
     test_patients: list[str] = Field(default_factory=list, description="Patients never used "
                                      "(neither labelled nor unlabelled).")
     test_patients_file: InputPath | None = Field(

@@ -1,6 +1,6 @@
-"""Semi-supervised Inf-Net: pseudo-label rounds on unlabelled slices of training patients.
+"""Semi-supervised Inf-Net: pseudo labels on unlabelled slices of training patients.
 
-Two variants (settings in :class:`~.config.SemiSettings`), both starting from a model
+Three variants (settings in :class:`~.config.SemiSettings`), all starting from a model
 trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
 
 * **progressive** (Semi-Inf-Net, Fan et al. 2020). The unlabelled slices ``U`` are put in a
@@ -16,6 +16,14 @@ trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
   to pixels with
   ``lo < p < hi`` (the uncertain band) so the loss ignores them, and replaces the previous
   round's pseudo set with this one.
+* **fixmatch** (FixMatch, Sohn et al. 2020, as UniMatch, Yang et al. 2023, does it for
+  segmentation): one on-line phase instead of rounds (:mod:`.fixmatch`): every step, the
+  teacher's confident pixels on a weak view of unlabelled slices supervise the student on
+  a strong view (and on dropout-perturbed features), beside a labelled batch.
+
+The unlabelled slices ``U`` are every ``slice_stride``-th slice of unlabelled scans, or
+the slices (crops) at the points of a LUNA16-style candidates file (``semi.candidates``,
+:mod:`.candidates`); their labels are never read.
 
 Leakage: the unlabelled pool is made of slices of *training* patients; test patients
 never appear there (:func:`check_no_test_patients` is called when the pool is built and
@@ -27,7 +35,8 @@ then ``state_dir/round_r.pt`` (its pseudo slices, masks, weights, validation Dic
 written atomically, in that order; the model of round ``r - 1`` is deleted only after
 that. A run killed during round ``r`` restarts at ``r`` from ``model_{r-1}`` and rebuilds
 exactly the same pool from the round files; a state directory written by a different
-configuration or data is refused.
+configuration or data is refused. The fixmatch phase is the one round ``r = 1``; within
+it, ``state_dir/online.pt`` holds the state every ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from lungfuse.core.errors import ConfigError, DataError
 
 from .config import FastPath, SemiSettings, SliceSettings, TrainSettings
 from .dataset import SliceItem, SlicePool, cut_slice
+from .fixmatch import OnlineTrainer, ema_update
 from .metrics import segmentation_metrics
 from .network import InfNet
 
@@ -65,17 +75,21 @@ class Candidate:
     """An unlabelled slice: windowed [0, 1] image ``(3, S, S)`` (float16).
 
     ``hidden_mask`` is the ground truth where the experiment hid it (bench diagnostics of
-    pseudo-label quality only; training never reads it)."""
+    pseudo-label quality only; training never reads it). ``centre`` is the in-plane voxel
+    point ``(x, y)`` a crop was centred on (candidates file, crop mode), else None."""
 
     uid: str
     patient_id: str | None
     z: int
     image: Tensor
     hidden_mask: Tensor | None = field(default=None, repr=False)
+    centre: tuple[float, float] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.uid}:{self.z}"
+        if self.centre is None:
+            return f"{self.uid}:{self.z}"
+        return f"{self.uid}:{self.z}@{round(self.centre[0])},{round(self.centre[1])}"
 
     @property
     def patient(self) -> str:
@@ -92,6 +106,33 @@ def candidates_from_cases(cases: Sequence[Any], slices: SliceSettings,
             x, _ = cut_slice(c.volume, z, s)
             out.append(Candidate(c.uid, c.patient_id, z, x.half()))
     return out
+
+
+def candidates_at_points(cases: Sequence[Any], points: Sequence[Any], slices: SliceSettings,
+                         neighbours: int = 0, source: str = "candidates") -> list[Candidate]:
+    """Unlabelled slices at candidate points (:class:`~.candidates.CandidatePoint`): for a
+    point at voxel ``(x, y, z)`` of its scan, the slices ``round(z) ± 0..neighbours``,
+    each a crop centred on ``(x, y)`` in crop mode, else the whole slice (a slice taken
+    twice is kept once). Only the scans' images are read, never their labels; a point
+    outside its scan is an error naming its line of ``source``."""
+    by_uid = {c.uid: c for c in cases}
+    out: list[Candidate] = []
+    for q in points:
+        case = by_uid.get(q.uid)
+        if case is None:
+            continue  # a labelled, validation or test scan: not U
+        vol = case.volume
+        x, y, z = (float(v) for v in vol.world_to_index(q.world))
+        nz, ny, nx = vol.array.shape
+        if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5 and -0.5 <= z < nz - 0.5):
+            raise DataError(f"{source}, line {q.line}: point {q.world} mm lies outside series "
+                            f"{q.uid} (voxel {x:.1f}, {y:.1f}, {z:.1f} of {nx}x{ny}x{nz})")
+        centre = (x, y) if slices.mode == "crop" else None
+        z0 = int(round(z))
+        for zz in range(max(0, z0 - neighbours), min(nz, z0 + neighbours + 1)):
+            img, _ = cut_slice(vol, zz, slices, None, centre)
+            out.append(Candidate(case.uid, case.patient_id, zz, img.half(), centre=centre))
+    return _dedupe(out)
 
 
 def split_labelled(pool: Sequence[SliceItem], fraction: float, seed: int = 0
@@ -202,14 +243,9 @@ class EMATeacher(L.Callback):
     def __init__(self, teacher: InfNet, decay: float) -> None:
         self.teacher, self.decay = teacher, float(decay)
 
-    @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        student = pl_module.model
-        for t, s in zip(self.teacher.parameters(), student.parameters(), strict=True):
-            t.mul_(self.decay).add_(s.detach(), alpha=1.0 - self.decay)
-        for t, s in zip(self.teacher.buffers(), student.buffers(), strict=True):
-            t.copy_(s)
+        ema_update(self.teacher, pl_module.model, self.decay)
 
 
 def _clone(model: InfNet) -> InfNet:
@@ -219,6 +255,16 @@ def _clone(model: InfNet) -> InfNet:
 
 
 # ----------------------------------------------------------------------------- rounds
+#: Settings that do not change what training computes (left out of the fingerprint; the
+#: candidates file acts through the unlabelled keys, which are in it).
+_NOT_FINGERPRINTED = {"state_dir", "rounds", "checkpoint_every", "candidates",
+                      "candidate_neighbours", "candidates_per_series"}
+#: Settings only the fixmatch phase reads (left out for the other methods, so that their
+#: state directories written before these settings existed still resume).
+_FIXMATCH_ONLY = {"steps", "unlabelled_batch_size", "lambda_u", "rampup_steps",
+                  "feature_dropout", "cutmix"}
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -227,6 +273,8 @@ class RoundRecord:
     val_dice: float
     pseudo_dice: float | None = None  # vs hidden truth, where known (diagnostics)
     kept: int | None = None
+    steps: int | None = None  # fixmatch: optimiser steps of the on-line phase
+    online: dict[str, float] | None = None  # fixmatch: mean losses, confident share
 
 
 FitFn = Callable[..., Any]
@@ -275,6 +323,9 @@ class SemiTrainer:
         k = semi.k_per_round
         self.n_rounds = semi.rounds or math.ceil(len(self.order) / k)
         self.n_rounds = min(self.n_rounds, math.ceil(len(self.order) / k))
+        if semi.method == "fixmatch":
+            self.n_rounds = 1  # the on-line phase
+        self.on_step: Callable[[int], None] | None = None  # fixmatch: before each step
         self.history: list[RoundRecord] = []
         self.pool = SlicePool(self.labelled)
 
@@ -287,7 +338,8 @@ class SemiTrainer:
     def fingerprint(self) -> str:
         """Hash of what determines the rounds: settings, labelled and unlabelled slices."""
         d = {
-            "semi": self.semi.model_dump(mode="json", exclude={"state_dir", "rounds"}),
+            "semi": self.semi.model_dump(mode="json", exclude=_NOT_FINGERPRINTED | (
+                set() if self.semi.method == "fixmatch" else _FIXMATCH_ONLY)),
             "train": self.train.model_dump(mode="json", exclude={"num_workers", "epochs"}),
             "slices": self.slices.model_dump(mode="json"),
             "labelled": sorted(f"{it.uid}:{it.z}:{it.source}" for it in self.labelled),
@@ -428,6 +480,18 @@ class SemiTrainer:
                           len(keys) if s.method == "confidence" else None)
         return keys, masks.half(), None if weights is None else weights.half(), rec
 
+    def _online(self, student: InfNet, teacher: InfNet | None
+                ) -> tuple[InfNet, InfNet | None, RoundRecord]:
+        """fixmatch: the on-line phase (round 1), resumable from ``online.pt``."""
+        check_no_test_patients(self.candidates, self.test_patients, where="round 1")
+        online = OnlineTrainer(self.labelled, self.candidates, self.train, self.semi,
+                               self.state_dir / "online.pt", self._fp, self.progress,
+                               self.on_step)
+        student, teacher = online.run(student, teacher)
+        rec = RoundRecord(1, len(self.candidates), len(self.labelled), float("nan"),
+                          steps=online.stats.steps, online=online.stats.mean())
+        return student, teacher, rec
+
     def run(self, init: InfNet | None = None) -> InfNet:
         """All rounds (resuming finished ones), then the labelled fine-tune."""
         from .progress import enabled
@@ -474,6 +538,15 @@ class SemiTrainer:
         for r in range(last + 1, self.n_rounds + 1):
             if self.on_round:
                 self.on_round(r)
+            if self.semi.method == "fixmatch":
+                student, teacher, rec = self._online(student, teacher)
+                rec.val_dice = pool_dice(student, self.val_pool or [])
+                self._save_models(r, student, teacher)
+                self._save_round(r, [], None, None, rec)
+                (self.state_dir / "online.pt").unlink(missing_ok=True)
+                self.history.append(rec)
+                self._tick(bar, rec)
+                continue
             keys, masks, weights, rec = self._pseudo(r, teacher or student)
             items = self._items(keys, masks, weights, r)
             if self.semi.method == "progressive":
@@ -520,12 +593,21 @@ class SemiTrainer:
 def train_semi(cfg: Any, cases: list[Any], progress: bool = True) -> tuple[Path, SemiTrainer]:
     """``lungfuse segment train`` with ``mode: semi``: split scans as the supervised mode
     (seeded validation scans), build labelled and unlabelled pools, run the rounds and
-    write ``out_dir/infnet.pt``."""
+    write ``out_dir/infnet.pt``. With ``semi.candidates`` the unlabelled slices are cut
+    at the file's points (read and checked first, before any scan is cut)."""
     from .dataset import build_pool
     from .train import load_checkpoint, save_checkpoint
 
     semi: SemiSettings = cfg.semi
     t: TrainSettings = cfg.train
+    points = None
+    if semi.candidates is not None:
+        from .candidates import read_candidates, sample_per_series
+        from .ctio import find_volumes
+
+        points = sample_per_series(read_candidates(semi.candidates,
+                                                   set(find_volumes(cfg.ct_root))),
+                                   semi.candidates_per_series, t.seed)
     test = read_test_patients(semi)
     pid = {c.uid: c.patient_id or c.uid for c in cases}
     dropped = [c.uid for c in cases if pid[c.uid] in test]
@@ -549,7 +631,15 @@ def train_semi(cfg: Any, cases: list[Any], progress: bool = True) -> tuple[Path,
     trn = [labelled_cases[i] for i in order[n_val:]]
     pool = build_pool(trn, cfg.slices, t.negatives_per_positive, t.seed, t.max_slices)
     vpool = build_pool(val, cfg.slices, t.negatives_per_positive, t.seed) if val else None
-    cands = candidates_from_cases(unl_cases, cfg.slices, semi.slice_stride)
+    if points is None:
+        cands = candidates_from_cases(unl_cases, cfg.slices, semi.slice_stride)
+    else:
+        cands = candidates_at_points(unl_cases, points, cfg.slices, semi.candidate_neighbours,
+                                     str(semi.candidates))
+        without = sorted({c.uid for c in unl_cases} - {q.uid for q in points})
+        if without:
+            log.warning("semi: %d unlabelled series without candidates (e.g. %s) add no "
+                        "slices", len(without), without[0])
     if semi.labelled_fraction is not None:
         pool, hidden = split_labelled(pool, semi.labelled_fraction, t.seed)
         cands = cands + hidden
