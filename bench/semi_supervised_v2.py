@@ -60,11 +60,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import semi_supervised as v1  # noqa: E402  (scoring helpers of the first bench)
 
-METHODS = ("sup_L", "progressive", "confidence", "fixmatch", "sup_all")
-SEMI = ("progressive", "confidence", "fixmatch")
+METHODS = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "sup_all")
+SEMI = ("progressive", "confidence", "fixmatch", "fixmatch_control")
+#: what runs unless --methods says otherwise (the control is a diagnostic)
+DEFAULT = ("sup_L", "progressive", "confidence", "fixmatch", "sup_all")
 LABELS = {"sup_L": "supervised on L", "progressive": "semi: progressive (Semi-Inf-Net)",
           "confidence": "semi: confidence, foreground + EMA",
           "fixmatch": "semi: fixmatch (EMA, CutMix, feature dropout)",
+          "fixmatch_control": "control: the fixmatch phase with lambda_u = 0 (L only)",
           "sup_all": "supervised on all (ceiling)"}
 
 
@@ -110,9 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fm-ema", type=float, default=0.99)
     ap.add_argument("--fm-dropout", type=float, default=0.5)
     ap.add_argument("--fm-cutmix", type=float, default=0.5)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=list(METHODS),
                     help="models to train (supervised on L always runs: the semi methods "
-                    "start from it)")
+                    "start from it; fixmatch_control: the same phase without the "
+                    "unlabelled loss, to tell its effect from that of more steps on L)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="cohorts and states (default: a temporary folder, removed)")
@@ -337,12 +341,14 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             if name not in args.methods:
                 continue
             t = time.perf_counter()
-            common = {"method": name, "batch_size": args.batch_size,
+            method = "fixmatch" if name.startswith("fixmatch") else name
+            common = {"method": method, "batch_size": args.batch_size,
                       "ema_decay": {"progressive": None, "confidence": args.conf_ema,
-                                    "fixmatch": args.fm_ema}[name]}
-            if name == "fixmatch":
+                                    "fixmatch": args.fm_ema}[method]}
+            if method == "fixmatch":
+                lam = 0.0 if name == "fixmatch_control" else args.fm_lambda
                 semi = SemiSettings(**common, steps=args.fm_steps, lr=args.fm_lr,
-                                    tau=args.fm_tau, lambda_u=args.fm_lambda,
+                                    tau=args.fm_tau, lambda_u=lam,
                                     rampup_steps=args.fm_rampup,
                                     feature_dropout=args.fm_dropout, cutmix=args.fm_cutmix,
                                     final_epochs=0)

@@ -387,12 +387,13 @@ def _init_net(seed: int = 0) -> InfNet:
     return InfNet("test_resnet", channel=8)
 
 
-def _fixmatch(cases: list[ctio.Case], state: Path, semi: SemiSettings = FIX,
-              **kw: Any) -> SemiTrainer:
-    cands = kw.pop("candidates", None) or [
-        Candidate(c.uid, c.patient_id, c.z, c.image, hidden_mask=Untouchable())  # type: ignore
-        for c in unlabelled(cases)]
-    return make_trainer(cases, state, semi=semi, candidates=cands, **kw)
+def _fixmatch(cases: list[ctio.Case], state: Path, semi: SemiSettings = FIX) -> SemiTrainer:
+    """A fixmatch trainer on L = scans 0-1 and U = the usual unlabelled slices, whose
+    hidden masks cannot be read (no validation pool: nothing to predict but U)."""
+    cands = [Candidate(c.uid, c.patient_id, c.z, c.image, hidden_mask=Untouchable())  # type: ignore
+             for c in unlabelled(cases)]
+    return SemiTrainer(build_pool(cases[:2], SLICES, 0.5, seed=0), cands, None, SLICES, TRAIN,
+                       semi, state, ["P0", "P1"], test_patients={"P4"}, progress=False)
 
 
 def test_fixmatch_step_trains_on_confident_pseudo_labels_of_strong_views(
