@@ -168,7 +168,7 @@ def test_case8_missing_or_damaged_fold_model_is_one_line_naming_it(
 
 
 def test_case9_page_names_are_distinct_and_bounded(trained, tmp_path) -> None:  # noqa: F811
-    from lungfuse.core.scoring import _page_names
+    from lungfuse.core.report.patient import page_names as _page_names
 
     _, run_dir = trained
     long_id = "L/" + "x" * 298
