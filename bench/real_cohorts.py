@@ -493,20 +493,58 @@ def run_baselines(c: Cohort, run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- run
+def resolved_config(path: Path) -> dict[str, Any]:
+    """The config at ``path`` as lungfuse validates it (every default filled in), in the
+    plain form a run folder's ``config.yaml`` holds."""
+    import yaml
+
+    from lungfuse.core.config import config_to_dict
+    from lungfuse.core.study import load_experiment
+
+    cfg, _ = load_experiment(path)
+    return yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
+
+
+def finished_run(runs: Path, name: str, want: dict[str, Any]) -> tuple[Path, float] | None:
+    """The newest complete run folder ``runs/<name>-*`` whose resolved config equals
+    ``want``, with its recorded run time; None if there is none.
+
+    Lets ``--reuse`` resume a benchmark that was stopped: training is seeded and
+    deterministic, so such a folder holds what a new run would. A change in lungfuse's
+    code (not its config) is not detected."""
+    import yaml
+
+    for d in sorted(runs.glob(f"{name}-*"), reverse=True):
+        try:
+            status = json.loads((d / "run.json").read_text(encoding="utf-8"))
+            saved = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if (status.get("status") == "complete" and saved == want
+                and (d / "predictions.parquet").is_file()):
+            return d, float(status.get("seconds", math.nan))
+    return None
+
+
 def run_lungfuse(c: Cohort, data_dir: Path, variant: str, folds: int,
-                 seeds: list[int]) -> tuple[Path, float]:
-    """Run lungfuse on cohort ``c`` with ``variant``; returns (run folder, seconds)."""
+                 seeds: list[int], reuse: bool = False) -> tuple[Path, float, bool]:
+    """Run lungfuse on cohort ``c`` with ``variant``; returns (run folder, seconds, whether
+    an earlier complete run with the same resolved config was reused)."""
     from lungfuse.core.run import run_experiment
 
     runs = WORK / "runs" / c.name
     runs.mkdir(parents=True, exist_ok=True)
     cfg = experiment_config(c, data_dir, runs, variant, folds, seeds)
     path = write_config(cfg, data_dir / f"config-{variant}.yaml")
+    if reuse:
+        found = finished_run(runs, cfg["name"], resolved_config(path))
+        if found is not None:
+            return found[0], found[1], True
     t0 = time.perf_counter()
     res = run_experiment(path, progress=False, report=False)
     if res is None:  # pragma: no cover - only on non-zero ranks
         raise RuntimeError("run_experiment returned no result")
-    return res.run_dir, time.perf_counter() - t0
+    return res.run_dir, time.perf_counter() - t0, False
 
 
 def test_sets(run_dir: Path) -> dict[tuple[int, int], frozenset[str]]:
@@ -519,9 +557,11 @@ def test_sets(run_dir: Path) -> dict[tuple[int, int], frozenset[str]]:
             for (a, b), g in s.groupby(["seed", "fold"])}
 
 
-def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int]) -> dict[str, Any]:
+def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int],
+                 reuse: bool = False) -> dict[str, Any]:
     """lungfuse (every variant) and the baselines on one cohort; never raises for a failed
-    run (its error is recorded and the table shows it)."""
+    run (its error is recorded and the table shows it). With ``reuse``, complete runs of an
+    earlier invocation (same resolved config) and their cached baseline figures are used."""
     t_start = time.perf_counter()
     data_dir = write_cohort(c, WORK / "data" / c.name)
     metric = "AUROC" if c.task == "binary" else "Harrell's C"
@@ -538,27 +578,43 @@ def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int]) -
     for v in variants:
         print(f"  lungfuse [{v}] ({variant_label(v)}) ...", flush=True)
         try:
-            run_dir, secs = run_lungfuse(c, data_dir, v, folds, seeds)
+            run_dir, secs, reused = run_lungfuse(c, data_dir, v, folds, seeds, reuse)
         except Exception as err:  # noqa: BLE001 - recorded; the other variants still run
             msg = f"{type(err).__name__}: {err}".splitlines()[0]
             print(f"  lungfuse [{v}] FAILED: {msg}", flush=True)
             out["lungfuse"][v] = {"error": msg, "settings": VARIANTS[v]}
             continue
         r = lungfuse_scores(c, run_dir)
-        r.update(settings=VARIANTS[v], seconds=round(secs, 1),
+        r.update(settings=VARIANTS[v], seconds=round(secs, 1), reused=reused,
                  run_dir=str(run_dir.relative_to(HERE.parent)))
         sets = test_sets(run_dir)
         if folds_ref is None:
             folds_ref = sets
-            print("  baselines on the same folds and features ...", flush=True)
-            t0 = time.perf_counter()
-            out["baselines"] = run_baselines(c, run_dir)
-            out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
+            cache = WORK / "baselines" / f"{run_dir.name}.json"
+            if reuse and cache.is_file():
+                print(f"  baselines: reusing {cache.name}", flush=True)
+                got = json.loads(cache.read_text(encoding="utf-8"))
+                out["baselines"], out["baselines_seconds"] = got["baselines"], got["seconds"]
+            else:
+                print("  baselines on the same folds and features ...", flush=True)
+                t0 = time.perf_counter()
+                out["baselines"] = run_baselines(c, run_dir)
+                out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(cache.name + ".tmp")
+                tmp.write_text(json.dumps({"baselines": _jsonable(out["baselines"]),
+                                           "seconds": out["baselines_seconds"]}),
+                               encoding="utf-8")
+                tmp.replace(cache)
+            for b in out["baselines"].values():  # null (JSON) → nan
+                for k in ("mean", "sd", "pooled"):
+                    b[k] = math.nan if b.get(k) is None else b[k]
             out["folds_from"] = v
         r["same_test_folds"] = sets == folds_ref
         out["lungfuse"][v] = r
         print(f"  lungfuse [{v}] {r['mean']:.3f} ± {r['sd']:.3f} over {r['folds']} folds "
-              f"(pooled {r['pooled']:.3f}), {secs:.0f} s", flush=True)
+              f"(pooled {r['pooled']:.3f}), {secs:.0f} s"
+              + (f" (reused {run_dir.name})" if reused else ""), flush=True)
     ok = {k: v for k, v in out["lungfuse"].items() if "error" not in v}
     if ok:
         best_v = max(ok, key=lambda k: ok[k]["mean"])
@@ -569,7 +625,10 @@ def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int]) -
         if "default" in ok:
             out["delta_default_minus_best_baseline"] = (
                 ok["default"]["mean"] - bl[out["best_baseline"]]["mean"])
-    out["seconds"] = round(time.perf_counter() - t_start, 1)
+    out["seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
+    # compute time of the cohort: its lungfuse runs and baselines, as measured when each ran
+    out["seconds"] = round(sum(x.get("seconds", 0.0) for x in ok.values())
+                           + out.get("baselines_seconds", 0.0), 1)
     return out
 
 
@@ -699,8 +758,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"- command: `{meta['command']}`",
         f"- CPU: {meta['cpu']} ({meta['cpu_count']} logical CPUs, shared with other work; "
         "torch / BLAS limited to 1 thread)",
-        f"- wall time: {meta['wall_seconds'] / 60:.1f} min "
-        + "(" + ", ".join(f"{n} {r['seconds'] / 60:.1f}" for n, r in cohorts.items()) + ")",
+        f"- time: {meta['compute_seconds'] / 60:.1f} min of lungfuse runs + baselines, "
+        "each measured when it ran ("
+        + ", ".join(f"{n} {r['seconds'] / 60:.1f}" for n, r in cohorts.items()) + "); "
+        f"this invocation's wall time {meta['wall_seconds'] / 60:.1f} min"
+        + (f", reusing {meta['reused_runs']} complete run(s) of an earlier invocation "
+           "that was stopped (`--reuse`)" if meta["reused_runs"] else ""),
         f"- versions: {meta['versions']}",
         f"- date: {meta['date']}",
         "",
@@ -748,6 +811,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="folds (default 5; --quick 3)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="split seeds (default 0 1 2; --quick 0)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="resume: reuse complete run folders (and cached baseline figures) "
+                    "under bench/results/tmp/real_cohorts whose resolved config equals this "
+                    "invocation's; changes to lungfuse's code are not detected")
     ap.add_argument("--out", type=Path, default=None,
                     help="output stem (default bench/results/real_cohorts; --quick: "
                     "bench/results/tmp/real_cohorts_quick)")
@@ -770,13 +837,17 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"cohorts": {}}
     for n in names:
-        result["cohorts"][n] = bench_cohort(all_cohorts[n], variants, folds, seeds)
+        result["cohorts"][n] = bench_cohort(all_cohorts[n], variants, folds, seeds, args.reuse)
     result["meta"] = {
         "command": " ".join([".venv/bin/python", "bench/real_cohorts.py", *sys.argv[1:]]
                             if argv is None else ["bench/real_cohorts.py", *argv]),
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": folds, "seeds": seeds,
         "variants": variants, "variant_settings": {v: VARIANTS[v] for v in variants},
-        "wall_seconds": round(time.perf_counter() - t0, 1), "versions": versions(),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "compute_seconds": round(sum(r["seconds"] for r in result["cohorts"].values()), 1),
+        "reused_runs": sum(bool(x.get("reused")) for r in result["cohorts"].values()
+                           for x in r["lungfuse"].values()),
+        "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "best_variant_is_optimistic": True,
     }
