@@ -97,6 +97,7 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists.*")
+        warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
         warnings.filterwarnings("ignore", category=FutureWarning)
         try:
             yield
@@ -127,28 +128,38 @@ def torch_threads(trainer_cfg: Any) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
-def make_trainer(cfg: Any, fold_dir: Path, progress: bool, checkpoints: bool = True) -> Any:
+def make_trainer(cfg: Any, fold_dir: Path, progress: bool, checkpoints: bool = True, *,
+                 early_stopping: bool = True, max_epochs: int | None = None,
+                 logger: bool = True, callbacks: list[Any] | None = None) -> Any:
     """A ``lightning.Trainer`` from the config's trainer section (passed through) with
-    early stopping on ``val_loss``, a best-checkpoint callback and a CSV logger."""
+    early stopping on ``val_loss``, a best-checkpoint callback and a CSV logger.
+
+    ``early_stopping`` False (the inner_cv refit: a fixed epoch count, no validation
+    data) trains ``max_epochs`` epochs without validating; ``logger`` False keeps no CSV
+    log (inner models); ``callbacks`` are added to the trainer's own."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     t = cfg.trainer
-    callbacks: list[Any] = [EarlyStopping(monitor="val_loss", patience=cfg.training.patience,
-                                          mode="min")]
+    cbs: list[Any] = []
+    if early_stopping:
+        cbs.append(EarlyStopping(monitor="val_loss", patience=cfg.training.patience, mode="min"))
     if checkpoints:
-        callbacks.append(ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best",
-                                         monitor="val_loss", mode="min", save_top_k=1))
+        cbs.append(ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best",
+                                   monitor="val_loss", mode="min", save_top_k=1))
+    cbs += list(callbacks or [])
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, deterministic=t.deterministic,
-        max_epochs=cfg.training.max_epochs, callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(fold_dir), name="logs", version=""),
+        max_epochs=int(max_epochs or cfg.training.max_epochs), callbacks=cbs,
+        logger=CSVLogger(save_dir=str(fold_dir), name="logs", version="") if logger else False,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=str(fold_dir),
         enable_checkpointing=checkpoints,
     )
+    if not early_stopping:
+        kwargs["limit_val_batches"] = 0
     kwargs.update(t.options)
     try:
         return L.Trainer(**kwargs)
@@ -285,6 +296,7 @@ def train_fold(
     :meth:`TrainedFold.predict_table`. ``write`` saves what scoring needs in ``fold_dir``.
     Returns None on non-zero ranks of a distributed run (rank 0 predicts and writes)."""
     import lightning as L
+    import numpy as np
     import torch
 
     from lungfuse.core.calibration import fit_calibration
@@ -304,23 +316,44 @@ def train_fold(
         y, t = _targets(cohort, ids[which])
         return FoldData.build(ids[which], feats, y, t)
 
-    train, val, test = data("train"), data("val"), data("test")
-    L.seed_everything(cfg.seed + 1000 * seed + fold, workers=True, verbose=False)
-    plugins, encoders, n_features = {}, {}, {}
+    # no "val" patients: the split table was made for selection inner_cv (an old run
+    # folder, or a holdout config, always has them)
+    inner_cv = not ids.get("val")
+    train, test = data("train"), data("test")
+    val = None if inner_cv else data("val")
+    base = cfg.seed + 1000 * seed + fold
+    L.seed_everything(base, workers=True, verbose=False)
+    plugins, n_features = {}, {}
     for m in names:
         cls, mcfg = mods[m]
         plugins[m] = cls(mcfg)
         plugins[m].load_state_dict(prepared[m].state)
         n_features[m] = int(prepared[m].features.shape[1])
-        encoders[m] = plugins[m].build_encoder(n_features[m])
-    dims = {m: int(encoders[m].embedding_dim) for m in names}
-    model = FusionModel(encoders, fusion.build(dims, 1))
-    task = FusionTask(model, cfg.task.kind, cfg.training.lr, cfg.training.weight_decay)
-    dm = FusionDataModule(train, val, cfg.training.batch_size, seed=cfg.seed + fold)
+
+    def build() -> tuple[Any, dict[str, int]]:
+        encoders = {m: plugins[m].build_encoder(n_features[m]) for m in names}
+        dims = {m: int(encoders[m].embedding_dim) for m in names}
+        return FusionModel(encoders, fusion.build(dims, 1)), dims
+
     t0 = time.perf_counter()
-    with quiet_lightning(), torch_threads(cfg.trainer):
-        trainer = make_trainer(cfg, fold_dir, progress)
-        trainer.fit(task, datamodule=dm)
+    selection: dict[str, Any] | None = None
+    if inner_cv:
+        selection = _select_epochs(cfg, build, train, base, fold_dir, progress)
+        L.seed_everything(base, workers=True, verbose=False)
+    model, dims = build()
+    task = FusionTask(model, cfg.task.kind, cfg.training.lr, cfg.training.weight_decay)
+    if selection is None:
+        assert val is not None
+        dm = FusionDataModule(train, val, cfg.training.batch_size, seed=cfg.seed + fold)
+        with quiet_lightning(), torch_threads(cfg.trainer):
+            trainer = make_trainer(cfg, fold_dir, progress)
+            trainer.fit(task, datamodule=dm)
+    else:  # one model on every training patient for the chosen epochs, no validation
+        dm = FusionDataModule(train, train, cfg.training.batch_size, seed=cfg.seed + fold)
+        with quiet_lightning(), torch_threads(cfg.trainer):
+            trainer = make_trainer(cfg, fold_dir, progress, checkpoints=False,
+                                   early_stopping=False, max_epochs=selection["epochs"])
+            trainer.fit(task, train_dataloaders=dm.train_dataloader())
     fit_s = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return None
@@ -343,12 +376,23 @@ def train_fold(
         "checkpoint": (Path(os.path.relpath(os.path.realpath(ckpt), os.path.realpath(fold_dir)))
                        .as_posix() if ckpt else None),
         "patients": {k: len(v) for k, v in ids.items()},
+        "selection": "holdout" if selection is None else "inner_cv",
     }
+    if selection is not None:
+        meta["best_val_loss"] = float(np.mean(selection["val_losses"]))
+        meta["inner_cv"] = {k: v for k, v in selection.items() if k not in ("oof_raw", "oof_y")}
     # what turns the raw output into the reported one, fitted on this fold's own patients
-    if cfg.task.kind == "binary":
+    if cfg.task.kind == "binary" and selection is None:
         raw_val, _ = predict(model, val)
         meta["calibration"] = fit_calibration(cfg.evaluation.calibration, raw_val,
                                               val.y.numpy())
+    elif cfg.task.kind == "binary":
+        # inner_cv has no validation patients: the calibration is fitted on the inner
+        # models' out-of-fold outputs (each training patient predicted by the inner model
+        # that did not train on it), a stand-in for the refitted model's held-out outputs
+        meta["calibration"] = fit_calibration(cfg.evaluation.calibration,
+                                              selection["oof_raw"], selection["oof_y"])
+        meta["calibration_fitted_on"] = "inner_cv out-of-fold outputs"
     else:
         raw_train, _ = predict(model, train)
         meta["breslow"] = fit_breslow(raw_train, train.y.numpy(), train.time.numpy())
@@ -368,6 +412,77 @@ def train_fold(
         atomic.write_json(fold_dir / "meta.json", meta)
         atomic.write_parquet(fold_dir / "predictions.parquet", pred, index=False)
     return FoldResult(seed, fold, pred, meta, model)
+
+
+def _best_epoch_callback() -> Any:
+    """A Lightning callback that keeps the lowest ``val_loss``, the epoch it came at and a
+    copy of the weights then (in memory: inner models write no checkpoint)."""
+    import math
+
+    from lightning.pytorch.callbacks import Callback
+
+    class BestEpoch(Callback):
+        def __init__(self) -> None:
+            self.loss, self.epoch, self.state = math.inf, -1, None
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            v = trainer.callback_metrics.get("val_loss")
+            if v is None or trainer.sanity_checking:
+                return
+            v = float(v)
+            if v < self.loss:  # NaN never improves
+                self.loss, self.epoch = v, int(trainer.current_epoch)
+                self.state = {k: t.detach().clone() for k, t in pl_module.state_dict().items()}
+
+    return BestEpoch()
+
+
+def _select_epochs(cfg: Any, build: Any, train: FoldData, base: int, fold_dir: Path,
+                   progress: bool) -> dict[str, Any]:
+    """``training.selection`` inner_cv: the epoch count of a fold, chosen on its training
+    patients alone.
+
+    The training patients are split into ``training.inner_folds`` seeded, stratified
+    folds (:func:`lungfuse.core.splits.inner_splits`, on the label or event flag); each
+    inner model (``build()``: fresh encoders + head) trains on the other folds with early
+    stopping on its own fold, and its best epoch, best validation loss and its outputs on
+    its fold at that epoch are kept. The chosen count is the median of the best epochs
+    (rounded half up, at least 1): robust to one inner fold that stops at once or runs
+    long. Returns the record meta.json keeps plus ``oof_raw``/``oof_y`` (the out-of-fold
+    outputs binary calibration is fitted on)."""
+    import lightning as L
+    import numpy as np
+
+    from lungfuse.core.fusion_model import FusionDataModule, FusionTask, predict
+    from lungfuse.core.splits import inner_splits
+
+    parts = inner_splits(train.y.numpy(), cfg.training.inner_folds, base)
+    best, losses, trained, sizes = [], [], [], []
+    oof_raw = np.full(len(train), np.nan)
+    for i, (fit_idx, val_idx) in enumerate(parts):
+        L.seed_everything(base + 7919 * (i + 1), workers=True, verbose=False)
+        model, _ = build()
+        task = FusionTask(model, cfg.task.kind, cfg.training.lr, cfg.training.weight_decay)
+        fit, val = train.subset(fit_idx), train.subset(val_idx)
+        dm = FusionDataModule(fit, val, cfg.training.batch_size, seed=base + i + 1)
+        keep = _best_epoch_callback()
+        with quiet_lightning(), torch_threads(cfg.trainer):
+            trainer = make_trainer(cfg, fold_dir, progress, checkpoints=False, logger=False,
+                                   callbacks=[keep])
+            trainer.fit(task, datamodule=dm)
+        if keep.state is None:
+            raise DataError(f"{fold_dir.name}: inner model {i} never gave a finite validation "
+                            "loss; lower training.lr or use training.selection: holdout")
+        task.load_state_dict(keep.state)
+        oof_raw[val_idx], _ = predict(task.model.cpu().float().eval(), val)
+        best.append(keep.epoch + 1)  # epochs trained to reach the best one
+        losses.append(round(keep.loss, 6))
+        trained.append(int(trainer.current_epoch))
+        sizes.append([len(fit_idx), len(val_idx)])
+    epochs = max(1, int(np.floor(np.median(best) + 0.5)))
+    return {"folds": len(parts), "best_epochs": best, "val_losses": losses,
+            "epochs_trained": trained, "patients": sizes, "epochs": epochs,
+            "summary": "median", "oof_raw": oof_raw, "oof_y": train.y.numpy()}
 
 
 # ----------------------------------------------------------------------------- reloading

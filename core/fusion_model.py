@@ -99,6 +99,12 @@ class FoldData:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, idx: np.ndarray) -> FoldData:
+        """The patients at positions ``idx`` (an inner cross-validation part)."""
+        t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return FoldData([self.ids[int(i)] for i in t], {m: v[t] for m, v in self.x.items()},
+                        {m: v[t] for m, v in self.present.items()}, self.y[t], self.time[t])
+
     def batch(self, idx: Tensor) -> dict[str, Any]:
         return {"x": {m: v[idx] for m, v in self.x.items()},
                 "present": {m: v[idx] for m, v in self.present.items()},

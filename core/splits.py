@@ -1,9 +1,12 @@
 """Patient-level, stratified, seeded splits: K folds or one fixed test split, each with an
-inner validation split taken from its training patients.
+inner validation split taken from its training patients (``training.selection`` holdout)
+or without one (inner_cv: the fold's whole training part is cross-validated inside
+:func:`lungfuse.core.folds.train_fold`, see :func:`inner_splits`).
 
 The split table (long format) has one row per (seed, fold, patient): ``patient_id``,
-``seed``, ``fold``, ``split`` in {"train", "val", "test"}. The same cohort, config and
-seed always give the same table; no patient is in two splits of one fold.
+``seed``, ``fold``, ``split`` in {"train", "val", "test"} ("val" absent under inner_cv).
+The same cohort, config and seed always give the same table; no patient is in two splits
+of one fold.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["fold_ids", "make_splits", "split_summary"]
+__all__ = ["fold_ids", "inner_splits", "make_splits", "resolve_selection", "split_summary"]
 
 
 def make_splits(
@@ -26,7 +29,7 @@ def make_splits(
     *,
     folds: int = 5,
     test_fraction: float | None = None,
-    val_fraction: float = 0.2,
+    val_fraction: float | None = 0.2,
     seeds: list[int] | tuple[int, ...] = (0,),
     source: str = "cohort",
 ) -> pd.DataFrame:
@@ -34,7 +37,8 @@ def make_splits(
 
     With ``test_fraction`` one stratified test split (fold 0) replaces the K folds. Within
     each fold a stratified ``val_fraction`` of the training patients is held out for
-    validation (early stopping, calibration). Seed ``s`` drives both levels.
+    validation (early stopping, calibration); ``val_fraction`` None keeps every training
+    patient in "train" (selection inner_cv). Seed ``s`` drives both levels.
     """
     import numpy as np
     import pandas as pd
@@ -74,6 +78,11 @@ def make_splits(
                 raise DataError(
                     f"{source}: fold {k} has fewer than 2 training patients in a class, too "
                     f"few for a validation split; {_folds_advice(counts, test_fraction)}")
+            if val_fraction is None:  # inner_cv: the whole training part trains
+                for role, idx in (("train", tr), ("test", te)):
+                    for i in idx:
+                        rows.append((ids_a[i], seed, k, role))
+                continue
             # at least one validation patient per class, at least one training one too
             n_val = min(max(math.ceil(val_fraction * len(tr)), len(classes)),
                         len(tr) - len(classes))
@@ -123,3 +132,33 @@ def split_summary(splits: pd.DataFrame, strata: Any) -> list[dict[str, Any]]:
     g = m.groupby(["seed", "fold", "split"], observed=True)["y"].agg(["size", "sum"])
     return [{"seed": int(a), "fold": int(b), "split": str(c), "patients": int(n),
              "positives": int(p)} for (a, b, c), (n, p) in g.iterrows()]
+
+
+def resolve_selection(training: Any, n_patients: int, folds: int,
+                      test_fraction: float | None) -> str:
+    """``"holdout"`` or ``"inner_cv"``: ``training.selection``, with ``auto`` resolved on
+    the size of a fold's training part (``n_patients`` less one fold, or less the test
+    fraction): inner_cv below ``training.inner_cv_below`` patients, holdout from there up.
+    Configs written before the setting existed have neither field: holdout."""
+    sel = str(getattr(training, "selection", "holdout"))
+    if sel != "auto":
+        return sel
+    share = test_fraction if test_fraction is not None else 1.0 / folds
+    n_train = int(n_patients - math.ceil(share * n_patients))
+    return "inner_cv" if n_train < int(getattr(training, "inner_cv_below", 0)) else "holdout"
+
+
+def inner_splits(strata: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray,
+                                                                          np.ndarray]]:
+    """The inner cross-validation of a fold's training patients (their ``strata`` in the
+    order of the sorted ids): ``(fit, val)`` index pairs of a seeded stratified K-fold
+    (scikit-learn), with K lowered to the smallest class's size so every inner validation
+    part holds each class (the split table guarantees at least 2 per class)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(strata).astype(int)
+    _, counts = np.unique(y, return_counts=True)
+    k = max(2, min(int(folds), int(counts.min())))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed))
+    return [(np.sort(a), np.sort(b)) for a, b in skf.split(np.zeros(len(y)), y)]

@@ -128,13 +128,16 @@ def check_coverage(mods: Mapping[str, tuple[type[ModalityPlugin], Any]], cohort:
 
 
 def build_splits(cfg: Any, cohort: Cohort) -> pd.DataFrame:
-    """The split table of this experiment (see :func:`lungfuse.core.splits.make_splits`)."""
-    from lungfuse.core.splits import make_splits
+    """The split table of this experiment (see :func:`lungfuse.core.splits.make_splits`):
+    with a "val" role under ``training.selection`` holdout, train/test only under inner_cv
+    (:func:`lungfuse.core.splits.resolve_selection`)."""
+    from lungfuse.core.splits import make_splits, resolve_selection
 
     ev = cfg.evaluation
+    sel = resolve_selection(cfg.training, len(cohort.ids), ev.folds, ev.test_fraction)
     return make_splits(cohort.ids, cohort.strata, folds=ev.folds, test_fraction=ev.test_fraction,
-                       val_fraction=cfg.training.val_fraction, seeds=ev.seeds,
-                       source=cohort.source)
+                       val_fraction=cfg.training.val_fraction if sel == "holdout" else None,
+                       seeds=ev.seeds, source=cohort.source)
 
 
 def fold_list(splits: pd.DataFrame) -> list[tuple[int, int]]:

@@ -93,7 +93,24 @@ class TrainingConfig(Section):
     weight_decay: float = Field(default=1e-4, ge=0)
     patience: int = Field(default=10, ge=1, description="Early stopping patience (epochs).")
     val_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of each training fold held out for validation."
+        default=0.2, gt=0, lt=1,
+        description="Share of each training fold held out for validation (early stopping and "
+        "calibration) where selection is holdout.",
+    )
+    selection: Literal["auto", "holdout", "inner_cv"] = Field(
+        default="holdout",
+        description="How the epoch count is chosen. holdout: early stopping on val_fraction "
+        "of the training fold. inner_cv: the whole training fold is split into inner_folds "
+        "stratified folds, each inner model stops early on its own part, and one model is "
+        "refitted on every training patient for the median of their best epochs. auto: "
+        "inner_cv where a fold's training part has fewer than inner_cv_below patients, "
+        "holdout otherwise (docs/training.md).",
+    )
+    inner_folds: int = Field(default=5, ge=2, le=20,
+                             description="Inner cross-validation folds (selection inner_cv).")
+    inner_cv_below: int = Field(
+        default=1000, ge=0,
+        description="selection auto: training parts smaller than this use inner_cv.",
     )
 
 
@@ -177,6 +194,16 @@ class ScorePatient(Section):
         default=None, description="CT volume: .mhd, NIfTI, NRRD file or a DICOM series folder.")
     nodule: NoduleLocation | None = Field(
         default=None, description="Known nodule location; without it the whole scan is searched.")
+    series: str | None = Field(
+        default=None, min_length=1, description="With `ct` a DICOM study folder: the "
+        "SeriesInstanceUID to read (default: the thinnest axial CT series, docs/ct.md).")
+
+    @model_validator(mode="after")
+    def _series_needs_ct(self) -> ScorePatient:
+        if self.series is not None and self.ct is None:
+            raise ValueError("`series` names a series of the patient's `ct` study folder; "
+                             "give `ct` too")
+        return self
 
 
 class ScoreInput(Section):

@@ -1,0 +1,227 @@
+"""Training that suits small cohorts (issue 13, item 3): ``training.selection`` inner_cv
+(the epoch count chosen by inner cross-validation on the training fold, one model
+refitted on all of it), its leakage guarantee, ``auto``, compatibility with holdout runs
+and configs, and every fusion head learning on a single modality where concat learns."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pipeline import FakeModality, config, make_data, run  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    make_data(root)
+    return root
+
+
+def _meta(run_dir: Path, seed: int = 0, fold: int = 0) -> dict:
+    p = run_dir / "models" / f"seed{seed}-fold{fold}" / "meta.json"
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- selection
+def test_auto_resolves_on_the_training_part_size_and_explicit_choices_win() -> None:
+    from lungfuse.core.splits import resolve_selection
+    from lungfuse.schemas import TrainingConfig
+
+    auto = TrainingConfig(selection="auto", inner_cv_below=100)
+    # 5 folds of 125 patients: training parts of 100 -> holdout; 124 -> 99 -> inner_cv
+    assert resolve_selection(auto, 125, 5, None) == "holdout"
+    assert resolve_selection(auto, 124, 5, None) == "inner_cv"
+    assert resolve_selection(auto, 200, 2, 0.5) == "holdout"
+    assert resolve_selection(auto, 198, 2, 0.5) == "inner_cv"
+    for sel in ("holdout", "inner_cv"):
+        assert resolve_selection(TrainingConfig(selection=sel, inner_cv_below=100), 10, 5,
+                                 None) == sel
+    # a training section without the field (an object from before it existed): holdout
+    assert resolve_selection(object(), 10, 5, None) == "holdout"
+
+
+def test_old_config_with_val_fraction_validates_and_keeps_holdout_splits(data) -> None:
+    from lungfuse.core.study import Study
+
+    old = config(data, training={"max_epochs": 2, "val_fraction": 0.25, "selection": "holdout"})
+    st = Study.from_config(old, plugins=[FakeModality])
+    assert set(st.splits["split"].astype(str)) == {"train", "val", "test"}
+    legacy = config(data, training={"max_epochs": 2, "val_fraction": 0.25})
+    legacy["training"].pop("selection", None)
+    st = Study.from_config(legacy, plugins=[FakeModality])  # validates, no error
+    assert st.cfg.training.val_fraction == 0.25
+
+
+def test_inner_cv_splits_have_train_and_test_only_and_cover_the_fold(data) -> None:
+    from lungfuse.core.study import Study
+
+    hold = Study.from_config(config(data, training={"selection": "holdout"}),
+                             plugins=[FakeModality])
+    inner = Study.from_config(config(data, training={"selection": "inner_cv"}),
+                              plugins=[FakeModality])
+    assert set(inner.splits["split"].astype(str)) == {"train", "test"}
+    for seed, fold in inner.folds:
+        a, b = hold.fold_ids(seed, fold), inner.fold_ids(seed, fold)
+        assert b["val"] == [] and b["test"] == a["test"], "same outer folds either way"
+        assert sorted(b["train"]) == sorted(a["train"] + a["val"])
+
+
+def test_inner_splits_are_stratified_seeded_and_shrink_to_the_smallest_class() -> None:
+    from lungfuse.core.splits import inner_splits
+
+    y = np.array([0] * 12 + [1] * 8)
+    parts = inner_splits(y, 5, seed=3)
+    assert len(parts) == 5
+    seen = np.concatenate([v for _, v in parts])
+    assert sorted(seen.tolist()) == list(range(20)), "each patient validates exactly once"
+    for fit, val in parts:
+        assert not set(fit) & set(val)
+        assert y[val].sum() >= 1 and (1 - y[val]).sum() >= 1, "both classes in every part"
+    again = inner_splits(y, 5, seed=3)
+    assert all((a[1] == b[1]).all() for a, b in zip(parts, again, strict=True))
+    assert len(inner_splits(np.array([0] * 10 + [1] * 3), 5, seed=0)) == 3
+
+
+# ----------------------------------------------------------------------------- inner_cv runs
+@pytest.fixture(scope="module")
+def inner_run(data):
+    return run(config(data, "binary", "concat",
+                      training={"selection": "inner_cv", "inner_folds": 3, "max_epochs": 6,
+                                "patience": 2}))
+
+
+def test_inner_cv_fold_records_its_choice_and_refits_on_every_training_patient(
+        inner_run) -> None:
+    splits = pd.read_parquet(inner_run.run_dir / "splits.parquet")
+    for seed, fold in [(0, 0), (0, 1)]:
+        meta = _meta(inner_run.run_dir, seed, fold)
+        n_train = int(((splits.fold == fold) & (splits.split == "train")).sum())
+        assert meta["selection"] == "inner_cv"
+        ic = meta["inner_cv"]
+        assert ic["folds"] == 3 and len(ic["best_epochs"]) == 3 == len(ic["val_losses"])
+        assert sum(v for _, v in ic["patients"]) == n_train
+        assert all(f + v == n_train for f, v in ic["patients"])
+        assert all(1 <= b <= 6 for b in ic["best_epochs"])
+        assert ic["epochs"] == int(np.floor(np.median(ic["best_epochs"]) + 0.5))
+        assert meta["epochs"] == ic["epochs"], "the refit trains the chosen epoch count"
+        assert meta["patients"]["train"] == n_train and meta["patients"]["val"] == 0
+        assert meta["calibration_fitted_on"] == "inner_cv out-of-fold outputs"
+        assert meta["checkpoint"] is None
+
+
+def test_inner_cv_calibration_sees_every_training_patient_out_of_fold(data, monkeypatch
+                                                                     ) -> None:
+    import lungfuse.core.calibration as cal
+
+    seen = []
+    real = cal.fit_calibration
+
+    def spy(method, logits, y):
+        seen.append((len(y), bool(np.isfinite(logits).all())))
+        return real(method, logits, y)
+
+    monkeypatch.setattr(cal, "fit_calibration", spy)
+    res = run(config(data, training={"selection": "inner_cv", "inner_folds": 2,
+                                     "max_epochs": 2}))
+    splits = pd.read_parquet(res.run_dir / "splits.parquet")
+    n_train = [int(((splits.fold == k) & (splits.split == "train")).sum()) for k in (0, 1)]
+    assert seen == [(n, True) for n in n_train]
+
+
+def test_inner_cv_run_folder_scores_to_its_own_predictions(inner_run) -> None:
+    from lungfuse.core.study import Study
+
+    st = Study.from_run_folder(inner_run.run_dir, plugins=[FakeModality])
+    pred = pd.read_parquet(inner_run.run_dir / "predictions.parquet")
+    for seed, fold in st.folds:
+        tf = st.load_fold(seed, fold)
+        mine = pred[(pred.seed == seed) & (pred.fold == fold)].sort_values("patient_id")
+        ids = list(mine["patient_id"])
+        feats = {m: pd.read_parquet(inner_run.run_dir / "features" / m /
+                                    f"seed{seed}-fold{fold}.parquet") for m in tf.names}
+        again = tf.predict_table(tf.fold_data({m: tf.align(m, f) for m, f in feats.items()},
+                                              ids))
+        np.testing.assert_allclose(again["prob_calibrated"].to_numpy(),
+                                   mine["prob_calibrated"].to_numpy(), rtol=1e-6)
+
+
+def test_inner_cv_survival_run(data) -> None:
+    res = run(config(data, "survival", "concat",
+                     training={"selection": "inner_cv", "inner_folds": 3, "max_epochs": 3}))
+    meta = _meta(res.run_dir)
+    assert meta["selection"] == "inner_cv" and "breslow" in meta
+    assert "calibration" not in meta
+    assert np.isfinite(res.predictions["risk"]).all()
+
+
+# ----------------------------------------------------------------------------- leakage
+def _train_fold_twice(data: Path, task: str, tmp_path: Path):
+    """Train fold 0 (inner_cv) on the cohort as it is and on a copy whose test patients
+    have other outcomes and other features; returns both results."""
+    import torch
+
+    from lungfuse.core.features import prepare_fold_features
+    from lungfuse.core.folds import train_fold
+    from lungfuse.core.study import Study
+
+    cfg = config(data, task, "gated", training={"selection": "inner_cv", "inner_folds": 3,
+                                                "max_epochs": 4, "patience": 2})
+    st = Study.from_config(cfg, plugins=[FakeModality])
+    ids = st.fold_ids(0, 0)
+    assert ids["val"] == [] and ids["test"]
+    prepared = {m: prepare_fold_features(m, cls, mcfg, st.cohort, ids["train"], seed=0, fold=0,
+                                         workdir=tmp_path / m, write=False)
+                for m, (cls, mcfg) in st.modalities.items()}
+    # other outcomes and other features for the test patients only
+    table = st.cohort.table.copy()
+    test = ids["test"]
+    for col in st.cohort.outcome_columns:
+        if col == "time":
+            table.loc[test, col] = table.loc[test, col] * 3 + 1
+        else:
+            table.loc[test, col] = 1 - table.loc[test, col]
+    other = dataclasses.replace(st.cohort, table=table)
+    changed = {}
+    for m, p in prepared.items():
+        f = p.features.copy()
+        rows = f.index.isin(test)
+        f.loc[rows] = f.loc[rows] * -2.0 + 5.0
+        changed[m] = dataclasses.replace(p, features=f)
+    torch.manual_seed(123)  # whatever the global state was, train_fold seeds itself
+    a = train_fold(st.cfg, st.cohort, prepared, st.modalities, st.fusion, ids, seed=0, fold=0,
+                   fold_dir=tmp_path / "a", write=False, time_grid=st.time_grid)
+    torch.manual_seed(456)
+    b = train_fold(st.cfg, other, changed, st.modalities, st.fusion, ids, seed=0, fold=0,
+                   fold_dir=tmp_path / "b", write=False, time_grid=st.time_grid)
+    return a, b, test
+
+
+@pytest.mark.parametrize("task", ["binary", "survival"])
+def test_inner_cv_never_sees_test_patients(data, tmp_path, task) -> None:
+    import torch
+
+    a, b, test = _train_fold_twice(data, task, tmp_path)
+    # every choice: inner epochs and losses, the chosen count, the calibration / baseline
+    assert a.meta["inner_cv"] == b.meta["inner_cv"]
+    assert a.meta["epochs"] == b.meta["epochs"]
+    assert a.meta.get("calibration") == b.meta.get("calibration")
+    assert a.meta.get("breslow") == b.meta.get("breslow")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"refitted weight {k} differs"
+    # the test patients' predictions did change (their features did): the check has teeth
+    pa = a.predictions.set_index("patient_id").loc[test]
+    pb = b.predictions.set_index("patient_id").loc[test]
+    col = "logit" if task == "binary" else "risk"
+    assert not np.allclose(pa[col].to_numpy(), pb[col].to_numpy())
