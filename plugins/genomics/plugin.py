@@ -71,6 +71,44 @@ DEFAULT_HOTSPOTS: tuple[str, ...] = (
 )
 
 
+#: File-name endings of tab-separated text tables (GDC MAF, cBioPortal files), each
+#: optionally followed by ``.gz``.
+TEXT_SUFFIXES: tuple[str, ...] = (".maf", ".txt", ".tsv")
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def looks_like_text_table(path: Path) -> bool:
+    """Whether ``path`` is a tab-separated text table (a MAF, a cBioPortal file) rather
+    than Parquet or HDF5.
+
+    Content first: Parquet / HDF5 magic bytes say no, gzip magic says yes. Then the name
+    (:data:`TEXT_SUFFIXES`, optionally ``.gz``: yes; ``.parquet``, ``.pq``, ``.h5ad``: no).
+    Otherwise a first line that is a ``#`` comment or holds a tab says yes. A file that
+    cannot be read is not text, so the Parquet reader reports it as before. Standard
+    library only: config validation calls this.
+    """
+    path = Path(path)
+    head = b""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        pass
+    if head.startswith((_PARQUET_MAGIC, _HDF5_MAGIC)):
+        return False
+    if head.startswith(_GZIP_MAGIC):
+        return True
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(TEXT_SUFFIXES):
+        return True
+    if name.endswith((".parquet", ".pq", ".h5ad")) or not head:
+        return False
+    first = head.split(b"\n", 1)[0]
+    return first.startswith(b"#") or b"\t" in first
+
+
 class _GenomicsConfig(ModalityConfig):
     """Settings shared by both genomics modalities: sample mapping and encoder."""
 
@@ -107,8 +145,15 @@ class MutationsConfig(_GenomicsConfig):
 
     kind: Literal["mutations"] = "mutations"
     path: InputFile = Field(
-        description="Parquet MAF: Tumor_Sample_Barcode, Hugo_Symbol, Variant_Classification "
-        "(+ HGVSp_Short for hotspots, t_alt_count/t_depth for VAF weighting)."
+        description="MAF columns Tumor_Sample_Barcode, Hugo_Symbol, Variant_Classification "
+        "(+ HGVSp_Short for hotspots, t_alt_count/t_depth for VAF weighting), in Parquet or "
+        "as downloaded: GDC `.maf` / `.maf.gz`, cBioPortal `data_mutations.txt`."
+    )
+    format: Literal["auto", "parquet", "maf"] = Field(
+        default="auto",
+        description="`maf`: a tab-separated text MAF (gzip'd or not, `#` lines first); "
+        "`auto`: text when the file starts as gzip or text, or is named .maf/.txt/.tsv "
+        "(optionally .gz), Parquet otherwise.",
     )
     sequenced_samples: InputFile | None = Field(
         default=None,
@@ -172,6 +217,12 @@ class MutationsConfig(_GenomicsConfig):
             raise ValueError("non_silent must name at least one Variant_Classification")
         return v
 
+    def file_format(self) -> str:
+        """``"maf"`` (text) or ``"parquet"``: ``format``, or for ``auto`` the file."""
+        if self.format != "auto":
+            return self.format
+        return "maf" if looks_like_text_table(Path(self.path)) else "parquet"
+
     def non_silent_classes(self) -> list[str]:
         ns = self.non_silent
         return list(NON_SILENT_PRESETS[ns]) if isinstance(ns, str) else list(ns)
@@ -189,12 +240,15 @@ class ExpressionConfig(_GenomicsConfig):
 
     kind: Literal["expression"] = "expression"
     path: InputFile = Field(
-        description="Expression table: Parquet (wide or long layout) or AnnData `.h5ad` "
-        "(obs = samples, var = genes)."
+        description="Expression table: Parquet (wide or long layout), AnnData `.h5ad` "
+        "(obs = samples, var = genes) or a cBioPortal matrix as downloaded "
+        "(`data_mrna_seq_v2_rsem.txt`: Hugo_Symbol / Entrez_Gene_Id, one column per sample)."
     )
-    format: Literal["auto", "parquet", "h5ad"] = Field(
+    format: Literal["auto", "parquet", "h5ad", "cbio"] = Field(
         default="auto",
-        description="`auto`: AnnData when the file name ends in `.h5ad`, Parquet otherwise.",
+        description="`auto`: AnnData when the file name ends in `.h5ad`; a cBioPortal text "
+        "matrix when the file starts as gzip or text, or is named .txt/.tsv (optionally .gz); "
+        "Parquet otherwise.",
     )
     layer: str | None = Field(
         default=None,
@@ -256,7 +310,11 @@ class ExpressionConfig(_GenomicsConfig):
             raise ValueError("selection 'gmt' needs a `gmt` file")
         if self.layout == "long" and self.orientation != "samples_x_genes":
             raise ValueError("orientation applies to the wide layout only")
-        if self.file_format() == "h5ad":
+        fmt = self.file_format()
+        if fmt == "cbio" and self.layout == "long":
+            raise ValueError("a cBioPortal expression file is a genes x samples matrix, read "
+                             "as wide: `layout: long` does not apply")
+        if fmt == "h5ad":
             if self.layout == "long" or self.orientation != "samples_x_genes":
                 raise ValueError(".h5ad input is samples (obs) x genes (var): `layout: long` "
                                  "and `orientation` apply to Parquet tables only")
@@ -266,10 +324,13 @@ class ExpressionConfig(_GenomicsConfig):
         return self
 
     def file_format(self) -> str:
-        """``"h5ad"`` or ``"parquet"``: ``format``, or for ``auto`` the file name."""
+        """``"h5ad"``, ``"cbio"`` or ``"parquet"``: ``format``, or for ``auto`` the file
+        name (``.h5ad``) and then its content (:func:`looks_like_text_table`)."""
         if self.format != "auto":
             return self.format
-        return "h5ad" if str(self.path).lower().endswith(".h5ad") else "parquet"
+        if str(self.path).lower().endswith(".h5ad"):
+            return "h5ad"
+        return "cbio" if looks_like_text_table(Path(self.path)) else "parquet"
 
 
 def _ids(frame: pd.DataFrame) -> list[str]:
@@ -315,13 +376,19 @@ class MutationsModality(_GenomicsModality):
     name = "mutations"
     api_version = 1
     config_model = MutationsConfig
-    description = "Somatic mutations (Parquet MAF): panel genes, hotspots, TMB"
+    description = ("Somatic mutations (MAF: Parquet, GDC .maf(.gz) or cBioPortal text): "
+                   "panel genes, hotspots, TMB")
 
     def _src(self) -> Any:
         if self._source is None:
-            from lungfuse.plugins.genomics.features import MutationSource
+            if self.config.file_format() == "maf":
+                from lungfuse.plugins.genomics.formats import TextMutationSource
 
-            self._source = MutationSource(self.config)
+                self._source = TextMutationSource(self.config)
+            else:
+                from lungfuse.plugins.genomics.features import MutationSource
+
+                self._source = MutationSource(self.config)
         return self._source
 
     def prepare(self, train: pd.DataFrame, ctx: ModalityContext) -> None:
@@ -349,14 +416,19 @@ class ExpressionModality(_GenomicsModality):
     name = "expression"
     api_version = 1
     config_model = ExpressionConfig
-    description = ("Gene expression (Parquet, wide or long, or AnnData .h5ad): panel, "
-                   "top-variance or GMT scores")
+    description = ("Gene expression (Parquet, wide or long, AnnData .h5ad or cBioPortal "
+                   "text): panel, top-variance or GMT scores")
 
     def _src(self) -> Any:
         if self._source is None:
-            from lungfuse.plugins.genomics.features import ExpressionSource
+            if self.config.file_format() == "cbio":
+                from lungfuse.plugins.genomics.formats import TextExpressionSource
 
-            self._source = ExpressionSource(self.config)
+                self._source = TextExpressionSource(self.config)
+            else:
+                from lungfuse.plugins.genomics.features import ExpressionSource
+
+                self._source = ExpressionSource(self.config)
         return self._source
 
     def prepare(self, train: pd.DataFrame, ctx: ModalityContext) -> None:
