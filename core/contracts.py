@@ -100,12 +100,23 @@ class ModalitySection:
     heading), ``paragraphs`` (plain text, escaped when rendered), ``figures`` (PNG bytes
     and a caption each; :meth:`add_figure` turns a matplotlib figure into them) and an
     optional small ``table`` (a pandas DataFrame, shown without its index).
+
+    On the patient page, a section may also speak in the one sentence that leads the page:
+    ``lead`` is a short fragment of plain text ("Brock (PanCan) 7.9%, Lung-RADS 4A") and
+    ``lead_missing`` the things it lacked ("family history (Brock)"); core composes the
+    sentence from the fused risk, the fragments and everything missing, so it names no
+    plugin. ``more`` holds further sections the same hook brings (each with its own title,
+    rendered right after this one; their own ``more`` is not followed). All three are
+    optional and ignored in the run report.
     """
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
     figures: list[tuple[bytes, str]] = field(default_factory=list)
     table: pd.DataFrame | None = None
+    lead: str = ""
+    lead_missing: list[str] = field(default_factory=list)
+    more: list[ModalitySection] = field(default_factory=list)
 
     def add_figure(self, figure: Any, caption: str = "", dpi: int = 110) -> None:
         """Append ``figure`` (PNG bytes, or a matplotlib figure, rendered here and closed so
@@ -134,6 +145,15 @@ class ModalitySection:
                 return "each figure must be (PNG bytes, caption); use add_figure()"
         if self.table is not None and not hasattr(self.table, "to_html"):
             return "table must be a pandas DataFrame or None"
+        if not isinstance(self.lead, str) or "\n" in self.lead:
+            return "lead must be a one-line string"
+        if not all(isinstance(m, str) for m in self.lead_missing):
+            return "lead_missing must be strings"
+        for sub in self.more:
+            why = sub.problem() if isinstance(sub, ModalitySection) else (
+                f"holds a {type(sub).__name__}, not a ModalitySection")
+            if why:
+                return f"more: {why}"
         return ""
 
 
@@ -220,6 +240,19 @@ class ModalityPlugin(ABC):
         None (the default) to read the patient from the configured data sources; a plugin
         whose data come per patient (a CT scan) returns a config pointing at them.
         ``workdir`` is a scratch folder for files the config needs.
+        """
+        return None
+
+    def scoring_input(self, patient: Mapping[str, Any], workdir: Path) -> dict[str, Any] | None:
+        """What this modality read of data given for one new patient, or None (the default).
+
+        Called by ``lungfuse score`` once per scored patient for whom :meth:`scoring_config`
+        returned a config of their own, on an instance built with that config (fitted
+        state loaded). Return a JSON-safe dict with ``text``, one line for the patient's
+        page and the command's output (the CT modality: which series of a DICOM study
+        folder it read, and why), plus any details (kept in ``scores.json`` under
+        ``inputs``). It must describe what :meth:`transform` reads, by the same rule. A
+        hook that raises is logged and the page says nothing of it.
         """
         return None
 

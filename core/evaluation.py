@@ -5,6 +5,11 @@ CI (resampling patients, stratified on the outcome or event), the same per avail
 pattern (which modalities a patient had), and a point estimate per fold. Binary runs add
 the uncalibrated metrics and the calibration curves; survival metrics are computed at the
 study's time grid, with censoring weights from the whole cohort where it is given.
+Survival runs with horizons (``risk_<h>`` columns) add ``horizons``: per horizon, the
+calibration of the held-out risks by it against Kaplan-Meier per risk group
+(:func:`~lungfuse.core.survival.horizon_calibration`) and the AUC and Brier score there
+(:func:`~lungfuse.core.metrics.horizon_metrics`), per fold and summarised over folds
+(mean, sd), and pooled over the seed's held-out patients (the report's figure).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["evaluate_predictions"]
+__all__ = ["evaluate_predictions", "horizon_summary"]
 
 
 def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = None,
@@ -28,6 +33,7 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
     import numpy as np
 
     from lungfuse.core import metrics as M
+    from lungfuse.core.survival import horizons_of
 
     ev = cfg.evaluation
     binary = cfg.task.kind == "binary"
@@ -70,13 +76,64 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
                                        strata=strata if len(np.unique(strata)) > 1 else None),
             }
         res["per_fold"] = {str(k): fn(*arrays(sub)) for k, sub in g.groupby("fold")}
+        if not binary:
+            hz = [h for h in horizons_of(ev) if h.column in g.columns]
+            if hz:
+                res["horizons"] = horizon_summary(g, hz, tt, te)
         out["per_seed"][str(seed)] = res
     first = next(iter(out["per_seed"].values()))
     out["overall"] = first["overall"]
     out["by_pattern"] = first["by_pattern"]
+    if "horizons" in first:
+        out["horizons"] = first["horizons"]
+        out["time_unit"] = getattr(ev, "time_unit", None)
     if len(out["per_seed"]) > 1:
         keys = list(first["overall"])
         out["seed_mean"] = {k: float(np.nanmean([r["overall"][k]["value"]
                                                  for r in out["per_seed"].values()]))
                             for k in keys}
+    return out
+
+
+#: Per-fold figures of a horizon that are summarised over folds (mean, sd).
+_HORIZON_KEYS = ("mean_predicted", "observed", "ici", "slope", "td_auc", "brier")
+
+
+def horizon_summary(pred: pd.DataFrame, horizons: list[Any],
+                    train_time: np.ndarray | None = None,
+                    train_event: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per horizon (:class:`~lungfuse.core.survival.Horizon`): the held-out calibration by
+    it and its AUC/Brier, per fold (each fold's own held-out patients) and pooled over
+    ``pred`` (one seed's held-out predictions), with the over-fold mean and sd of each
+    figure (folds where it is not estimable left out, and counted). Only held-out rows
+    are in ``pred``; censoring weights come from ``train_*`` (the cohort) as for the
+    other survival metrics."""
+    import numpy as np
+
+    from lungfuse.core.metrics import horizon_metrics
+    from lungfuse.core.survival import horizon_calibration
+
+    def one(g: pd.DataFrame, h: Any) -> dict[str, Any]:
+        t, e = g["time"].to_numpy(float), g["event"].to_numpy()
+        r = g[h.column].to_numpy(float)
+        c = horizon_calibration(t, e, r, h.time)
+        c.update(horizon_metrics(t, e, r, h.time, train_time, train_event))
+        return c
+
+    out = []
+    for h in horizons:
+        pooled = one(pred, h)
+        folds = {str(k): one(sub, h) for k, sub in pred.groupby("fold")}
+        summary: dict[str, Any] = {}
+        for key in _HORIZON_KEYS:
+            vals = np.array([f[key] for f in folds.values()], float)
+            vals = vals[np.isfinite(vals)]
+            summary[key] = {"mean": float(vals.mean()) if len(vals) else float("nan"),
+                            "sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
+                            "folds": int(len(vals))}
+        out.append({**h.record(), "column": h.column, "pooled": pooled,
+                    "per_fold": {k: {kk: v for kk, v in f.items() if kk != "groups"}
+                                 for k, f in folds.items()},
+                    "over_folds": summary, "estimable": pooled["estimable"],
+                    "reason": pooled["reason"]})
     return out

@@ -14,6 +14,8 @@ new patients. Its columns::
     patient_id  seed  fold  pattern  present_<m>...
     binary:   [y]  logit  prob  prob_calibrated
     survival: [time  event]  risk  surv_<j>...      (S(t_j | x) at the run's time grid)
+              risk_<h>...                           (1 - S(h | x) by each horizon, e.g.
+                                                     risk_1y; NaN past the fold's follow-up)
     weight_<m>...                                   (heads that weigh modalities)
 
 (``y`` / ``time``, ``event`` only where the patients' outcomes are known.)
@@ -217,17 +219,20 @@ class TrainedFold:
 
         return FoldData.build(ids, features, np.zeros(len(ids)))
 
-    def predict_table(self, data: FoldData, *, outcomes: bool = False) -> pd.DataFrame:
+    def predict_table(self, data: FoldData, *, outcomes: bool = False,
+                      horizons: list[Any] | None = None) -> pd.DataFrame:
         """The prediction table of the patients in ``data`` (columns in the module
         docstring): the one path from features to predictions that run, ablate and score
         share. ``outcomes`` adds the patients' outcome columns from ``data`` (held-out
-        patients of a run, whose outcomes are known)."""
+        patients of a run, whose outcomes are known). ``horizons``
+        (:class:`~lungfuse.core.survival.Horizon`, survival) default to those the fold
+        recorded in its ``meta`` (none in a run folder of an older lungfuse)."""
         import numpy as np
         import pandas as pd
 
         from lungfuse.core.calibration import apply_calibration, sigmoid
         from lungfuse.core.fusion_model import predict
-        from lungfuse.core.survival import survival_at
+        from lungfuse.core.survival import horizons_from_records, risk_at_horizons, survival_at
 
         names = self.names
         raw, w = predict(self.model, data)
@@ -251,6 +256,12 @@ class TrainedFold:
                 s = survival_at(self.meta["breslow"], raw, np.asarray(grid, float))
                 for j in range(len(grid)):
                     pred[f"surv_{j}"] = s[:, j]
+            if horizons is None:
+                horizons = horizons_from_records(self.meta.get("horizons"))
+            if horizons:
+                r = risk_at_horizons(self.meta["breslow"], raw, horizons)
+                for j, h in enumerate(horizons):
+                    pred[h.column] = r[:, j]
         if w is not None:
             for j, m in enumerate(names):
                 pred[f"weight_{m}"] = w[:, j]
@@ -307,7 +318,7 @@ def train_fold(
         FusionTask,
         predict,
     )
-    from lungfuse.core.survival import fit_breslow
+    from lungfuse.core.survival import fit_breslow, horizons_of
 
     names = list(prepared)
     feats = {m: prepared[m].features for m in names}
@@ -398,6 +409,7 @@ def train_fold(
         meta["breslow"] = fit_breslow(raw_train, train.y.numpy(), train.time.numpy())
         if time_grid is not None and len(time_grid):
             meta["time_grid"] = [float(t) for t in time_grid]
+        meta["horizons"] = [h.record() for h in horizons_of(cfg.evaluation)]  # risk by year
     trained = TrainedFold(seed, fold, model, plugins, meta)
     pred = trained.predict_table(test, outcomes=True)
     if write:

@@ -3,7 +3,8 @@
 Binary: AUROC, AUPRC (average precision), Brier score, calibration curve (scikit-learn),
 expected calibration error and sensitivity at a fixed specificity. Survival: Harrell's and
 Uno's concordance, time-dependent (cumulative/dynamic) AUC and integrated Brier score
-(scikit-survival). :func:`bootstrap` resamples patients with replacement; the 95% CI is
+(scikit-survival), and by a horizon the AUC and Brier score there
+(:func:`horizon_metrics`). :func:`bootstrap` resamples patients with replacement; the 95% CI is
 the 2.5th-97.5th percentile of the resampled statistic. Everything is computed on
 held-out predictions only.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "bootstrap",
     "calibration_curve_points",
     "expected_calibration_error",
+    "horizon_metrics",
     "paired_bootstrap_difference",
     "sensitivity_at_specificity",
     "survival_metrics",
@@ -164,6 +166,40 @@ def survival_metrics(
                             integrated_brier_score(train, test, np.asarray(surv_at)[:, ok], t))
                     except (ValueError, ZeroDivisionError):
                         pass
+    return out
+
+
+def horizon_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray, horizon: float,
+                    train_time: np.ndarray | None = None,
+                    train_event: np.ndarray | None = None) -> dict[str, float]:
+    """Discrimination and accuracy of predicted risks by one ``horizon`` (scikit-survival,
+    censoring weights from ``train_*`` as in :func:`survival_metrics`): the cumulative/
+    dynamic AUC at the horizon (``cumulative_dynamic_auc``) and the Brier score of the
+    predicted survival ``1 - risk`` there (``brier_score``). NaN where not estimable (a
+    horizon outside these patients' follow-up, no case or no control by it, NaN risks)."""
+    from sksurv.metrics import brier_score, cumulative_dynamic_auc
+
+    time = np.asarray(time, float)
+    event = np.asarray(event).astype(bool)
+    risk = np.asarray(risk, float)
+    out = {"td_auc": math.nan, "brier": math.nan}
+    if len(time) == 0 or not np.all(np.isfinite(risk)) or not (time.min() < horizon
+                                                               < time.max()):
+        return out
+    test = _surv(time, event)
+    train = _surv(train_time if train_time is not None else time,
+                  train_event if train_event is not None else event)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out["td_auc"] = float(cumulative_dynamic_auc(train, test, risk, [horizon])[0][0])
+        except (ValueError, ZeroDivisionError):
+            pass
+        try:
+            out["brier"] = float(brier_score(train, test, (1.0 - risk)[:, None],
+                                             [horizon])[1][0])
+        except (ValueError, ZeroDivisionError):
+            pass
     return out
 
 

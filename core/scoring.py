@@ -256,6 +256,9 @@ class _ModalityInputs:
         # from the modality's scoring_config) that could not be used; the patient is an error
         self.failed: dict[str, dict[str, str]] = {}
         self.given: set[str] = set()  # patients some modality took data of their own for
+        # patient -> modality -> what the modality read of the data given for the patient
+        # (its optional scoring_input hook: e.g. the CT series chosen from a study folder)
+        self.described: dict[str, dict[str, dict[str, Any]]] = {}
 
     def fail(self, pid: str, modality: str, reason: str) -> None:
         """Record that the data given for ``pid`` could not be used (first reason kept)."""
@@ -324,9 +327,36 @@ def _transform_fold(fold: Any, table: pd.DataFrame, spec: Any, inputs: _Modality
                 inputs.fail(key, m, _no_row_reason(key, seen.messages))
                 continue
             parts.append(f)
+            if key is not None and m not in inputs.described.get(key, {}):
+                _describe_input(inst, m, entries[key], scratch / m, inputs)
         cols = fold.meta["feature_columns"][m]
         out[m] = fold.align(m, pd.concat(parts) if parts else pd.DataFrame(columns=cols))
     return out
+
+
+def _describe_input(inst: Any, m: str, entry: Mapping[str, Any], workdir: Path,
+                    inputs: _ModalityInputs) -> None:
+    """Record what modality ``m`` read of the data given for one patient (its optional
+    ``scoring_input`` hook); a hook that fails or answers nonsense is a warning, never
+    the patient's score."""
+    from lungfuse.core.contracts import overrides
+
+    pid = str(entry["id"])
+    if not overrides(inst, "scoring_input"):
+        return
+    try:
+        got = inst.scoring_input(entry, workdir)
+    except Exception as exc:  # noqa: BLE001 - a description must not cost the score
+        log.warning("score: patient %s: %s: scoring_input failed (%s: %s)", pid, m,
+                    type(exc).__name__, " ".join(str(exc).split())[:300])
+        return
+    if got is None:
+        return
+    if not isinstance(got, Mapping) or not isinstance(got.get("text"), str):
+        log.warning("score: patient %s: %s: scoring_input returned %s, not a dict with "
+                    "'text'; left out", pid, m, type(got).__name__)
+        return
+    inputs.described.setdefault(pid, {})[m] = {**got, "text": " ".join(got["text"].split())}
 
 
 class _Warnings(logging.Handler):
@@ -377,7 +407,8 @@ def _by_model(fold: Any, data: Any) -> pd.DataFrame:
     ``raw`` (logit / log-risk), ``risk`` (calibrated probability / log-risk), the pattern,
     and per modality its presence, its leave-one-out contribution (``risk`` minus the risk
     with the modality hidden, NaN where it is absent) and the head's weight; then the
-    survival probabilities at the run's time grid."""
+    survival probabilities at the run's time grid and the risks by the run's horizons
+    (``risk_<h>``, NaN past the fold's follow-up)."""
     import numpy as np
 
     pred = fold.predict_table(data)
@@ -393,8 +424,8 @@ def _by_model(fold: Any, data: Any) -> pd.DataFrame:
         df[f"contribution_{m}"] = np.where(present, risk - hidden, np.nan)
         if f"weight_{m}" in pred.columns:
             df[f"weight_{m}"] = pred[f"weight_{m}"].to_numpy()
-    for c in [c for c in pred.columns if c.startswith("surv_")]:
-        df[c] = pred[c].to_numpy()
+    for c in [c for c in pred.columns if c.startswith(("surv_", "risk_"))]:
+        df[c] = pred[c].to_numpy()  # S(t | x) at the time grid; risk by each horizon
     return df
 
 
@@ -636,12 +667,46 @@ def _summarise(by_model: pd.DataFrame, attr: pd.DataFrame, first: Mapping[str, A
             "top_genes": top(a[a["modality"].map(kinds) == "gene"]),
             "top_features": top(a),
             "notes": notes,
+            "inputs": dict(inputs.described.get(pid, {})),
         }
         surv = [c for c in g.columns if c.startswith("surv_")]
         if surv and cfg.task.kind == "survival":
             grid = first["fold"].meta.get("time_grid", [])
             s["survival"] = {"time": grid, "probability": [float(g[c].mean()) for c in surv]}
+        by_year = _risk_by_year(g, first["fold"].meta, cfg)
+        if by_year:
+            s["risk_by_year"] = by_year
         out.append(s)
+    return out
+
+
+def _risk_by_year(g: pd.DataFrame, meta: Mapping[str, Any], cfg: Any) -> list[dict[str, Any]]:
+    """A patient's risk by each horizon the run recorded (``risk_<h>`` of every fold
+    model, ``g`` their rows): the mean over fold models, its sd and min-max. A horizon
+    past the follow-up of any fold model's training patients is not estimable (no
+    number: a mean of the others would hide it). Empty for a run without horizons (one
+    of an older lungfuse)."""
+    import numpy as np
+
+    from lungfuse.core.survival import horizons_from_records
+
+    unit = getattr(cfg.evaluation, "time_unit", None)
+    out = []
+    for h in horizons_from_records(meta.get("horizons")):
+        if h.column not in g.columns:
+            continue
+        r = g[h.column].to_numpy(float)
+        bad = int((~np.isfinite(r)).sum())
+        row: dict[str, Any] = {**h.record(), "unit": "years" if unit else None,
+                               "models": len(r), "estimable": bad == 0, "reason": "",
+                               "mean": None, "sd": None, "min": None, "max": None}
+        if bad:
+            row["reason"] = (f"past the follow-up of {bad} of {len(r)} fold model(s)' "
+                             "training patients; not extrapolated")
+        else:
+            row.update(mean=float(r.mean()), sd=float(r.std(ddof=1)) if len(r) > 1 else 0.0,
+                       min=float(r.min()), max=float(r.max()))
+        out.append(row)
     return out
 
 
@@ -662,6 +727,9 @@ def _flat(summaries: list[dict[str, Any]], names: list[str]) -> pd.DataFrame:
             if weights:
                 row[f"weight_{m}"] = (math.nan if s["weights"] is None else s["weights"][m])
         row["top_genes"] = ",".join(g["feature"] for g in s["top_genes"][:5])
+        for h in s.get("risk_by_year") or []:  # mean over fold models and its min-max
+            for key, col in (("mean", ""), ("min", "_min"), ("max", "_max")):
+                row[f"risk_{h['label']}{col}"] = math.nan if h[key] is None else h[key]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -688,6 +756,9 @@ def _nodule(text: str | None) -> dict[str, float] | None:
 @click.option("--ct", type=click.Path(path_type=Path), default=None,
               help="With --patient: CT volume (.mhd, NIfTI, NRRD) or DICOM folder.")
 @click.option("--nodule", default=None, help="With --patient: X,Y,Z,DIAMETER (world mm).")
+@click.option("--series", default=None, metavar="UID",
+              help="With --ct DIR of a DICOM study: the SeriesInstanceUID to read (default: "
+              "the thinnest axial CT series, docs/ct.md).")
 @click.option("--clinical", type=click.Path(path_type=Path), default=None,
               help="With --patient: Parquet table of covariates/series ids.")
 @click.option("--data", multiple=True, metavar="MODALITY=FILE",
@@ -698,8 +769,9 @@ def _nodule(text: str | None) -> dict[str, float] | None:
 @click.option("--no-report", is_flag=True, help="Parquet/JSON only, no HTML pages.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Path | None,
-                  nodule: str | None, clinical: Path | None, data: tuple[str, ...],
-                  out: Path | None, no_report: bool, no_progress: bool) -> None:
+                  nodule: str | None, series: str | None, clinical: Path | None,
+                  data: tuple[str, ...], out: Path | None, no_report: bool,
+                  no_progress: bool) -> None:
     """Score new patients with the fold models of the finished run RUN_DIR.
 
     \b
@@ -726,6 +798,10 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
     """
     if (spec is None) == (patient is None):
         raise ConfigError("give either --input FILE or --patient ID (with --ct/--data ...)")
+    if series is not None and (spec is not None or ct is None):
+        raise ConfigError("--series names a series of the study folder given with --ct; use "
+                          "it with --patient ID --ct DIR (in an --input file: `series:` of "
+                          "the patient)")
     if spec is None:
         mods: dict[str, dict[str, str]] = {}
         for item in data:
@@ -738,6 +814,8 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
             entry["ct"] = str(ct)
         if nodule is not None:
             entry["nodule"] = _nodule(nodule)
+        if series is not None:
+            entry["series"] = series
         raw: dict[str, Any] = {"patients": [entry], "modalities": mods}
         if clinical is not None:
             raw["clinical"] = str(clinical)
@@ -756,6 +834,12 @@ def score_command(run_dir: Path, spec: Path | None, patient: str | None, ct: Pat
         genes = ", ".join(g["feature"] for g in s["top_genes"][:3])
         click.echo(f"{s['patient_id']}: risk {s['risk']:.3f} ± {s['uncertainty']:.3f}{miss}"
                    + (f"; top genomic features {genes}" if genes else ""))
+        if s.get("risk_by_year"):
+            click.echo(f"{s['patient_id']}: risk by " + ", ".join(
+                f"{h['label']} {h['mean']:.3f}" if h["estimable"] else
+                f"{h['label']} not estimable" for h in s["risk_by_year"]))
+        for line in (s.get("inputs") or {}).values():
+            click.echo(f"{s['patient_id']}: {line.get('text', '')}")
     click.echo(f"scoring folder: {res.folder}"
                + ("" if no_report else f" (report: {res.folder / 'report.html'})"))
     if res.failed:

@@ -148,6 +148,25 @@ class EvaluationConfig(Section):
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs.")
     calibration: Literal["none", "temperature", "platt"] = "platt"
     specificity: float = Field(default=0.9, gt=0, lt=1, description="For sensitivity at specificity.")
+    time_unit: Literal["days", "months", "years"] | None = Field(
+        default=None,
+        description="Survival: what the cohort's time column counts. Known, it makes "
+        "`horizons` years (default 1-6); unknown (null), horizons are in the time column's "
+        "own unit and there are none unless given (docs/survival.md).",
+    )
+    horizons: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, min_length=1, max_length=20,
+        description="Survival: risk by these horizons (years when time_unit is set, else the "
+        "time column's unit): P(event by h) per fold model, its spread, and a calibration "
+        "check per horizon. A horizon past the follow-up is reported as not estimable.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_horizons(self) -> EvaluationConfig:
+        h = self.horizons or []
+        if len(set(h)) != len(h):
+            raise ValueError("evaluation.horizons: a horizon is listed twice; list each once")
+        return self
 
 
 class ExperimentConfigBase(Section):

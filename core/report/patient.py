@@ -1,7 +1,9 @@
 """The patient pages of a scoring folder: one self-contained HTML page per patient.
 
-A scored patient's page leads with the risk, its spread over the fold models and what
-was missing, then what drove it (leave-one-modality-out contributions, head weights,
+A scored patient's page leads with one sentence a clinician reads first
+(:func:`lead_sentence`: the fused risk, the fragments the modalities' sections add, such
+as a reference model's probability, and what was missing), then the risk, its spread
+over the fold models and what was missing, then what drove it (leave-one-modality-out contributions, head weights,
 top features by Integrated Gradients) and the sections the modalities add through their
 optional ``patient_section`` hook (the CT modality's segmented nodule). A patient not
 scored gets a page saying which data given for them failed and why. Page file names
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["page_names", "write_patient_page"]
+__all__ = ["lead_sentence", "page_names", "write_patient_page"]
 
 
 def _safe(pid: str) -> str:
@@ -86,17 +88,24 @@ def write_patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any]
                  f"prediction (not imputed):</p><ul>{items}</ul></div>")
     for note in s["notes"]:
         head += f"<div class='note'><p>{html.escape(note)}</p></div>"
+    for m, got in (s.get("inputs") or {}).items():  # e.g. the CT series read, and why
+        head += f"<p class='input'>Data read ({html.escape(m)}): {html.escape(got['text'])}</p>"
     if not s["present"]:
         head += ("<div class='note'><p><b>No modality could be used for this patient</b>: "
                  "the risk above is the model's baseline for a patient of whom nothing is "
                  "known, not an assessment.</p></div>")
-    sections = [Section("Risk", html=head)]
+    extra, leads, lacking = _modality_sections(s, spec, first, table, folder)
+    lead = html.escape(lead_sentence(s, binary, leads, lacking))
+    sections = [Section("Summary", html=f"<p class='lead'><b>{lead}</b></p>"),
+                Section("Risk", html=head)]
     if s.get("survival"):
         surv = pd.DataFrame(s["survival"]).rename(columns={"probability":
                                                            "survival probability"})
         sections.append(Section("Predicted survival", text=[
             "Mean over fold models of the Breslow survival curve at the run's time grid."],
             tables=[surv]))
+    if s.get("risk_by_year"):
+        sections.append(_risk_by_year_section(s["risk_by_year"]))
     if s["contributions"]:
         mods = list(s["contributions"])
         vals = [s["contributions"][m] or 0.0 for m in mods]
@@ -125,13 +134,68 @@ def write_patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any]
             figures=[(bar_figure(lab, [i["attribution"] for i in items], title,
                                  "attribution (logit)" if binary else "attribution (log-risk)"),
                       "")]))
-    sections.extend(_modality_sections(s, spec, first, table, folder))
+    sections.extend(extra)
     sections.append(Section("Model", text=[
         f"Run {info['run']} ({len(first['names'])} modalities: {', '.join(first['names'])}; "
         f"{info['models']} fold models). Research use: the risk is only as good as the "
         "cohort the run was trained on."]))
     write_report(path, f"lungfuse: patient {s['patient_id']}", sections,
                  subtitle=time.strftime("scored %Y-%m-%d %H:%M"))
+
+
+def lead_sentence(s: Mapping[str, Any], binary: bool, leads: list[str],
+                  lacking: list[str]) -> str:
+    """The one sentence a clinician reads first: the fused risk, the fragments the
+    modalities' sections add (e.g. a reference model's probability and a category), and
+    what was missing (modalities left out of the prediction, then the sections' missing
+    inputs). Plain text; core composes it without knowing which plugin said what."""
+    risk = float(s["risk"])
+    parts = [f"lungfuse fused risk {risk:.3f} ({100 * risk:.1f}%, calibrated probability of "
+             "malignancy)" if binary else
+             f"lungfuse fused risk {risk:.3f} (log relative hazard; higher = worse prognosis)"]
+    parts.extend(f for f in leads if f)
+    missing = [f"{m} (not in the fused risk)" for m in s.get("missing", [])] + list(lacking)
+    parts.append("missing: " + ", ".join(missing) if missing else "nothing missing")
+    return "; ".join(parts) + "."
+
+
+def _risk_by_year_section(rows: list[Mapping[str, Any]]) -> Any:
+    """The page's "Risk by year": P(event by h) per horizon, the mean over fold models with
+    its sd and min-max (a table, and a figure with the min-max band); a horizon past the
+    follow-up is listed as not estimable and left out of the figure."""
+    import math
+
+    import pandas as pd
+
+    from lungfuse.core.report.figures import _fig
+    from lungfuse.core.report.html import Section
+
+    years = rows[0].get("unit") == "years"
+    tab = pd.DataFrame([{
+        "horizon": f"{r['value']:g} year(s)" if years else f"t = {r['time']:g}",
+        "risk (mean over fold models)": r["mean"] if r["estimable"] else "not estimable",
+        "sd": r["sd"], "min": r["min"], "max": r["max"],
+        "note": r.get("reason", "")} for r in rows])
+    ok = [r for r in rows if r["estimable"] and r["mean"] is not None
+          and math.isfinite(r["mean"])]
+    figures = []
+    if ok:
+        fig, ax = _fig(5.0, 3.4)
+        x = [r["value"] for r in ok]
+        ax.fill_between(x, [r["min"] for r in ok], [r["max"] for r in ok], color="C0",
+                        alpha=0.2, lw=0, label="min-max over fold models")
+        ax.plot(x, [r["mean"] for r in ok], "o-", color="C0", lw=1.8, label="mean")
+        ax.set(xlabel="years" if years else "time (cohort's unit)",
+               ylabel="probability of the event by then", ylim=(0, 1), title="Risk by year")
+        ax.legend(fontsize=8, loc="upper left")
+        figures.append((fig, "Risk by each horizon: mean over fold models, band = min-max."))
+    gone = [r for r in rows if not r["estimable"]]
+    text = ["Probability of the event by each horizon, 1 - S(h | x), from each fold model's "
+            "own Breslow baseline; the spread is over the fold models."]
+    if gone:
+        text.append("Not estimable: horizons past the follow-up of a fold model's training "
+                    "patients (the baseline is unknown there and is not extrapolated).")
+    return Section("Risk by year", text=text, tables=[tab], figures=figures)
 
 
 def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
@@ -155,10 +219,11 @@ def _error_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any],
 
 
 def _modality_sections(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any],
-                       table: Any, folder: Path) -> list[Any]:
+                       table: Any, folder: Path) -> tuple[list[Any], list[str], list[str]]:
     """The sections the modalities present for this patient add to the page through their
     optional ``patient_section`` hook (the CT modality's segmented nodule), in the run's
-    modality order.
+    modality order, each followed by the further sections it brings (``more``); with the
+    lead fragments and missing items those sections give for the page's first sentence.
 
     Each hook runs on the first fold model's fitted instance with the patient's scoring
     entry and clinical row, in a scratch folder under the scoring folder that is removed
@@ -182,5 +247,7 @@ def _modality_sections(s: Mapping[str, Any], spec: Any, first: Mapping[str, Any]
             ms = call_section_hook(plugin, "patient_section", entry, row, Path(work),
                                    where=f"score: patient {pid}")
         if ms is not None:
-            out.append((m, ms))
-    return sections_of(out)
+            out.extend((m, x) for x in (ms, *ms.more))
+    leads = [ms.lead for _, ms in out if ms.lead]
+    lacking = [item for _, ms in out for item in ms.lead_missing]
+    return sections_of(out), leads, lacking

@@ -203,6 +203,63 @@ def _modality_sections(folder: Path, pred: Any, registry: Registry | None = None
     return sections_of(named)
 
 
+def _horizon_section(horizons: list[Mapping[str, Any]], unit: str | None) -> Section:
+    """"Risk by year": per horizon, held-out calibration of P(event by h) against
+    Kaplan-Meier per risk group (mean ± sd over folds, and the pooled points in a figure),
+    with the AUC and Brier score there; a horizon that is not estimable says why."""
+    import math
+
+    import pandas as pd
+
+    from lungfuse.core.report.figures import _fig
+
+    def ms(h: Mapping[str, Any], key: str) -> str:
+        v = h["over_folds"][key]
+        if not math.isfinite(v["mean"]):
+            return "n/a"
+        sd = "" if not math.isfinite(v["sd"]) else f" ± {v['sd']:.3f}"
+        return f"{v['mean']:.3f}{sd}"
+
+    rows = []
+    for h in horizons:
+        p = h["pooled"]
+        rows.append({
+            "horizon": f"{h['label']}", "events by then": p.get("events_by_horizon"),
+            "mean predicted": ms(h, "mean_predicted"), "KM observed": ms(h, "observed"),
+            "ICI": ms(h, "ici"), "slope": ms(h, "slope"), "AUC(h)": ms(h, "td_auc"),
+            "Brier(h)": ms(h, "brier"),
+            "note": "" if h["estimable"] else f"not estimable: {h['reason']}"})
+    fig, ax = _fig(5.2, 4.4)
+    drawn = False
+    for i, h in enumerate(horizons):
+        pts = [g for g in h["pooled"].get("groups", []) if math.isfinite(g["observed"])]
+        if not h["estimable"] or not pts:
+            continue
+        ax.plot([g["mean_predicted"] for g in pts], [g["observed"] for g in pts], "o-",
+                color=f"C{i % 10}", ms=4, lw=1.4, label=h["label"])
+        drawn = True
+    ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect")
+    ax.set(xlabel="predicted risk by h (group mean)", ylabel="observed (Kaplan-Meier)",
+           xlim=(0, 1), ylim=(0, 1), title="Calibration per horizon (held-out)")
+    ax.legend(fontsize=8, loc="upper left")
+    figures = [(fig, "Held-out patients of the first split seed in risk groups (quintiles "
+                "where there are enough patients); observed = Kaplan-Meier risk by h in "
+                "each group, censoring handled by the estimator.")] if drawn else []
+    if not drawn:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    what = "years" if unit else "the cohort's time unit"
+    return Section("Risk by year", text=[
+        f"Predicted probability of the event by each horizon ({what}), 1 - S(h | x) from "
+        "each fold's Breslow baseline, against the Kaplan-Meier estimate on that fold's "
+        "held-out patients, per risk group. Per fold, then mean ± sd over folds: mean "
+        "predicted and observed risk, ICI (patient-weighted mean |predicted - observed| over "
+        "risk groups), calibration slope across groups (1 is ideal), time-dependent AUC and "
+        "Brier score at h (scikit-survival). A horizon past the follow-up is not estimable "
+        "and is not extrapolated."], tables=[pd.DataFrame(rows)], figures=figures)
+
+
 # ----------------------------------------------------------------------------- run
 def render_run(folder: Path, registry: Registry | None = None) -> Path:
     """``report.html`` of a finished run folder; ``registry`` (default: the installed
@@ -258,6 +315,9 @@ def render_run(folder: Path, registry: Registry | None = None) -> Path:
         tables=[_pattern_table(metrics.get("by_pattern", {}), primary)]))
     wcols = [c for c in pred.columns if c.startswith("weight_")]
     if wcols:
+        if metrics.get("horizons"):
+            sections.append(_horizon_section(metrics["horizons"],
+                                             (metrics.get("time_unit") or None)))
         w = p0[wcols].mean()
         sections.append(Section("Fusion head weights", figures=[(bar_figure(
             [c.removeprefix("weight_") for c in wcols], w.to_numpy(), "Mean modality weight",

@@ -30,13 +30,22 @@ class NoduleFigure:
     ``source`` says where the segmentation was centred ("given nodule location",
     "largest segmented component" or "no nodule found"), ``slice`` is the axial index
     drawn, ``facts`` the nodule's measurements (``long_axis_mm``, ``volume_mm3``,
-    ``mean_hu``, ``seg_prob``, ``seg_fallback``) where a nodule was segmented.
+    ``mean_hu``, ``seg_prob``, ``seg_fallback``) where a nodule was segmented. With
+    ``count=True``, ``volume`` (the scan read), ``nodule`` (the segmented
+    :class:`~.features.Nodule` or None), ``diameter_mm`` (the diameter given with its
+    location), ``count`` (nodules on the scan; None when unknown) and ``count_how`` (how
+    they were counted) are filled for the Brock section.
     """
 
     figure: Any
     source: str
     slice: int
     facts: dict[str, float] = field(default_factory=dict)
+    volume: Any = None
+    nodule: Any = None
+    diameter_mm: float | None = None
+    count: int | None = None
+    count_how: str = ""
 
 
 def predictor_of(model_state: Mapping[str, Any]) -> Any:
@@ -55,7 +64,7 @@ def predictor_of(model_state: Mapping[str, Any]) -> Any:
 def nodule_figure(predictor: Any, volume: Path, uid: str, *,
                   nodule: tuple[float, float, float, float] | None = None,
                   annotations: Path | None = None, masks_dir: Path | None = None,
-                  threshold: float = 0.5, title: str = "") -> NoduleFigure:
+                  threshold: float = 0.5, title: str = "", count: bool = False) -> NoduleFigure:
     """The segmented nodule of scan ``volume`` (series ``uid``) on its axial slice.
 
     The network segments around ``nodule`` (world x, y, z in mm and diameter) or, without
@@ -65,6 +74,11 @@ def nodule_figure(predictor: Any, volume: Path, uid: str, *,
     has none. Red: the segmentation (probability > ``threshold``); green: the ground-truth
     mask ``masks_dir/<uid>`` where there is one (an unusable mask is a warning, not an
     error). Raises :class:`DataError` for an unreadable scan.
+
+    ``count=True`` also counts the nodules on the scan, for the Brock model: the rows
+    ``annotations`` lists for ``uid`` when it lists any, else the components a sweep of
+    the whole scan finds (the sweep that locates the nodule when none is given; a sweep of
+    every slice, run for the count, when a location was given).
     """
     import numpy as np
 
@@ -74,20 +88,31 @@ def nodule_figure(predictor: Any, volume: Path, uid: str, *,
     from .features import segment_at, sweep
 
     vol = ctio.read_volume(volume)
-    if nodule is None and annotations is not None:
-        ann = ctio.read_annotations(annotations)
-        sel = ann[ann["seriesuid"] == uid]
-        if len(sel):
+    n_annotated = 0
+    if annotations is not None and (nodule is None or count):
+        try:
+            ann = ctio.read_annotations(annotations)
+        except DataError:
+            if nodule is None:
+                raise
+            ann = None  # only the count needed it: count by a sweep instead
+        sel = ann[ann["seriesuid"] == uid] if ann is not None else []
+        n_annotated = len(sel)
+        if nodule is None and n_annotated:
             r = sel.iloc[0]
             nodule = (float(r.coordX), float(r.coordY), float(r.coordZ), float(r.diameter_mm))
     full = np.zeros(vol.array.shape, np.float32)
+    n_found: int | None = None
     if nodule is not None:
         centre, _ = ctio.nodule_centres_index(vol, [nodule], uid)[0]
         nd = segment_at(predictor, vol, centre, float(nodule[3]), threshold)
         source = "given nodule location"
+        if count and not n_annotated:
+            n_found = len(sweep(predictor, vol, threshold))
     else:
         found = sweep(predictor, vol, threshold)
         nd = found[0] if found else None
+        n_found = len(found)
         source = "largest segmented component" if nd else "no nodule found"
     facts: dict[str, float] = {}
     if nd is not None:
@@ -109,7 +134,17 @@ def nodule_figure(predictor: Any, volume: Path, uid: str, *,
             log.warning("infnet: ground-truth mask of %s unusable: %s", uid, exc)
     fig = overlay_figure(vol.array[z], mask=truth, pred=full[z],
                          title=title or f"{uid[-12:]} slice {z}")
-    return NoduleFigure(fig, source, z, facts)
+    out = NoduleFigure(fig, source, z, facts)
+    if count:
+        out.volume, out.nodule = vol, nd
+        out.diameter_mm = float(nodule[3]) if nodule is not None else None
+        if n_annotated:
+            out.count, out.count_how = n_annotated, f"{n_annotated} annotated for the series"
+        elif n_found is not None:
+            out.count = n_found
+            out.count_how = (f"{n_found} found by segmenting every slice (components of at "
+                             "least 10 mm3)")
+    return out
 
 
 def facts_line(facts: Mapping[str, float]) -> str:

@@ -24,7 +24,7 @@ from lungfuse.core.contracts import (
 from lungfuse.core.errors import DataError
 from lungfuse.schemas import InputPath
 
-from .config import FastPath, SliceSettings, TrainSettings
+from .config import BrockSettings, FastPath, SliceSettings, TrainSettings
 
 log = logging.getLogger("lungfuse.imaging")
 
@@ -91,6 +91,9 @@ class InfNetConfig(ModalityConfig):
     candidate_diameter_mm: float = Field(default=10.0, gt=0,
                                          description="Search size where a candidate has none.")
     hidden_dim: int = Field(default=64, ge=1)
+    brock: BrockSettings = Field(
+        default_factory=BrockSettings, description="Patient page: the Brock (PanCan) and "
+        "Lung-RADS section; clinical-table columns of the inputs the CT cannot give.")
 
     @model_validator(mode="after")
     def _some_ct(self) -> InfNetConfig:
@@ -312,6 +315,9 @@ class InfNetModality(ModalityPlugin):
         pid = str(patient["id"])
         update: dict[str, Any] = {"volumes": {pid: Path(ct)}, "series_column": None,
                                   "candidate_source": "sweep"}
+        if patient.get("series"):  # `score --series UID`: that series of the study folder
+            update["dicom_series"] = {**(self.config.dicom_series or {}),
+                                      pid: str(patient["series"])}
         nod = patient.get("nodule")
         if nod:
             import hashlib
@@ -330,6 +336,33 @@ class InfNetModality(ModalityPlugin):
             update.update(annotations=path, candidate_source="annotations")
         return self.config.model_copy(update=update)
 
+    def scoring_input(self, patient, workdir: Path) -> dict[str, Any] | None:
+        """Which scan was read for a new patient's own ``ct``: the volume file, or the
+        series of a DICOM study folder (uid, description, slices, thickness) and whether
+        it was named (``series`` / ``dicom_series``) or chosen by ctio's rule. Called on
+        the instance built from :meth:`scoring_config`'s config, so the choice is the one
+        ``transform`` made (headers only are read again)."""
+        ct = patient.get("ct")
+        if ct is None:
+            return None
+        path, pid = Path(ct), str(patient["id"])
+        if not path.is_dir():
+            return {"text": f"CT: volume file {path.name}", "path": str(path)}
+        from .ctio import choose_series, find_dicom_series
+
+        found = find_dicom_series(path)
+        want = (self.config.dicom_series or {}).get(pid)
+        chosen = choose_series(path, found, want)
+        thick = "?" if chosen.thickness_mm is None else f"{chosen.thickness_mm:g}"
+        desc = chosen.description.encode("ascii", "backslashreplace").decode("ascii")
+        how = ("the series named for this patient" if want is not None else
+               "chosen by the rule: axial CT, no localiser, thinnest slices, then most "
+               "slices (docs/ct.md)")
+        return {"text": f"CT series read: {chosen.uid} ('{desc}', {chosen.slices} slices, "
+                        f"{thick} mm), {how}; {len(found)} series in {path.name}",
+                "series": chosen.info(), "chosen_by": "given" if want is not None else "rule",
+                "series_in_folder": len(found), "path": str(path)}
+
     # ------------------------------------------------------------------ page hooks
     def patient_section(self, patient, row, workdir: Path) -> ModalitySection | None:
         """The patient page's "Nodule" section: the Inf-Net segmentation (red) on the
@@ -339,7 +372,13 @@ class InfNetModality(ModalityPlugin):
         sources hold for the patient's series (``series_column`` of ``row``); the
         segmentation is centred on the given ``nodule``, else the first annotated nodule
         of the series, else the largest component a sweep finds. None without a fitted
-        segmenter or a scan."""
+        segmenter or a scan.
+
+        With ``brock.enabled`` (the default) the section brings a second one (``more``):
+        the Brock (PanCan) probability and the Lung-RADS v2022 category of that nodule,
+        from the inputs measured on the scan (:mod:`.brock_inputs`) and those the clinical
+        row holds (``brock:`` columns), each input with its source (:mod:`.brock_page`);
+        its ``lead`` and ``lead_missing`` feed the page's first sentence."""
         import pandas as pd
 
         from .figures import facts_line, nodule_figure, predictor_of
@@ -362,11 +401,19 @@ class InfNetModality(ModalityPlugin):
         drawn = nodule_figure(predictor_of(self.model_state_), path, uid, nodule=loc,
                               annotations=self.config.annotations,
                               masks_dir=self.config.masks_dir,
-                              threshold=self.config.threshold, title=pid)
+                              threshold=self.config.threshold, title=pid,
+                              count=self.config.brock.enabled)
         section = ModalitySection("Nodule", paragraphs=[
             f"Inf-Net segmentation (red) on slice {drawn.slice} ({drawn.source}); green: a "
             f"ground-truth mask where one exists. {facts_line(drawn.facts)}"])
         section.add_figure(drawn.figure, f"{pid}: segmented nodule")
+        if self.config.brock.enabled:
+            from .brock_inputs import measure_brock_inputs
+            from .brock_page import brock_section
+
+            ct = measure_brock_inputs(drawn.volume, drawn.nodule, drawn.count, drawn.count_how,
+                                      annotated_diameter_mm=drawn.diameter_mm)
+            section.more.append(brock_section(ct, row, self.config.brock, pid))
         return section
 
     def report_section(self, patients, workdir: Path, n: int = 3) -> ModalitySection | None:
