@@ -90,8 +90,6 @@ def write_patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any]
         head += f"<div class='note'><p>{html.escape(note)}</p></div>"
     for m, got in (s.get("inputs") or {}).items():  # e.g. the CT series read, and why
         head += f"<p class='input'>Data read ({html.escape(m)}): {html.escape(got['text'])}</p>"
-    for m, got in (s.get("inputs") or {}).items():  # e.g. the CT series read, and why
-        head += f"<p class='input'>Data read ({html.escape(m)}): {html.escape(got['text'])}</p>"
     if not s["present"]:
         head += ("<div class='note'><p><b>No modality could be used for this patient</b>: "
                  "the risk above is the model's baseline for a patient of whom nothing is "
@@ -106,8 +104,6 @@ def write_patient_page(path: Path, s: Mapping[str, Any], info: Mapping[str, Any]
         sections.append(Section("Predicted survival", text=[
             "Mean over fold models of the Breslow survival curve at the run's time grid."],
             tables=[surv]))
-    if s.get("risk_by_year"):
-        sections.append(_risk_by_year_section(s["risk_by_year"]))
     if s.get("risk_by_year"):
         sections.append(_risk_by_year_section(s["risk_by_year"]))
     if s["contributions"]:
@@ -161,45 +157,6 @@ def lead_sentence(s: Mapping[str, Any], binary: bool, leads: list[str],
     missing = [f"{m} (not in the fused risk)" for m in s.get("missing", [])] + list(lacking)
     parts.append("missing: " + ", ".join(missing) if missing else "nothing missing")
     return "; ".join(parts) + "."
-
-
-def _risk_by_year_section(rows: list[Mapping[str, Any]]) -> Any:
-    """The page's "Risk by year": P(event by h) per horizon, the mean over fold models with
-    its sd and min-max (a table, and a figure with the min-max band); a horizon past the
-    follow-up is listed as not estimable and left out of the figure."""
-    import math
-
-    import pandas as pd
-
-    from lungfuse.core.report.figures import _fig
-    from lungfuse.core.report.html import Section
-
-    years = rows[0].get("unit") == "years"
-    tab = pd.DataFrame([{
-        "horizon": f"{r['value']:g} year(s)" if years else f"t = {r['time']:g}",
-        "risk (mean over fold models)": r["mean"] if r["estimable"] else "not estimable",
-        "sd": r["sd"], "min": r["min"], "max": r["max"],
-        "note": r.get("reason", "")} for r in rows])
-    ok = [r for r in rows if r["estimable"] and r["mean"] is not None
-          and math.isfinite(r["mean"])]
-    figures = []
-    if ok:
-        fig, ax = _fig(5.0, 3.4)
-        x = [r["value"] for r in ok]
-        ax.fill_between(x, [r["min"] for r in ok], [r["max"] for r in ok], color="C0",
-                        alpha=0.2, lw=0, label="min-max over fold models")
-        ax.plot(x, [r["mean"] for r in ok], "o-", color="C0", lw=1.8, label="mean")
-        ax.set(xlabel="years" if years else "time (cohort's unit)",
-               ylabel="probability of the event by then", ylim=(0, 1), title="Risk by year")
-        ax.legend(fontsize=8, loc="upper left")
-        figures.append((fig, "Risk by each horizon: mean over fold models, band = min-max."))
-    gone = [r for r in rows if not r["estimable"]]
-    text = ["Probability of the event by each horizon, 1 - S(h | x), from each fold model's "
-            "own Breslow baseline; the spread is over the fold models."]
-    if gone:
-        text.append("Not estimable: horizons past the follow-up of a fold model's training "
-                    "patients (the baseline is unknown there and is not extrapolated).")
-    return Section("Risk by year", text=text, tables=[tab], figures=figures)
 
 
 def _risk_by_year_section(rows: list[Mapping[str, Any]]) -> Any:
