@@ -172,33 +172,63 @@ def _overlay(path: Path, vol, prob, threshold: float) -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--no-fast", is_flag=True, help="Float32 eager instead of the fast path.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the scans over this many processes on this machine (under "
+              "torchrun or srun the launcher's ranks are used instead; docs/scaling.md).")
 @click.option("--no-progress", is_flag=True)
-def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, no_progress: bool) -> None:
-    """Segment every scan: out_dir/masks/<uid>.mhd (aligned) + out_dir/overlays/<uid>.png."""
+def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, processes: int,
+                no_progress: bool) -> None:
+    """Segment every scan: out_dir/masks/<uid>.mhd (aligned) + out_dir/overlays/<uid>.png,
+    and out_dir/predict.json (which rank wrote which scan, which were skipped)."""
     import numpy as np
 
+    from lungfuse.core.atomic import write_json
+
+    from . import ranks as rk
     from .ctio import read_volume, write_volume
     from .progress import bar
 
     cfg = load_config(config)
+    here = rk.current()
+    if processes > 1 and here.world == 1:  # start the ranks ourselves, then report
+        argv = ["segment", "predict", str(config), "--no-progress"]
+        argv += ["--checkpoint", str(checkpoint)] if checkpoint else []
+        argv += ["--no-fast"] if no_fast else []
+        rk.spawn(argv, processes)
+        return
     if no_fast:
         cfg.fast.enabled = False
+    items = _selected(cfg)
+    mine = rk.share(items, here, key=lambda it: it[0])
     pred, _ = _predictor(cfg, checkpoint)
-    done = 0
-    for uid, path in bar(_selected(cfg), desc="segmenting", enabled=not no_progress):
-        try:
-            vol = read_volume(path)
-        except DataError as exc:
-            log.warning("skipping scan %s: %s", uid, exc)
-            click.echo(f"skipped {uid}: {exc}", err=True)
-            continue
-        prob = pred.predict_volume(vol)
-        mask = (prob >= cfg.threshold).astype(np.uint8)
-        write_volume(cfg.out_dir / "masks" / f"{uid}.mhd", vol.like(mask))
-        if cfg.overlays:
-            _overlay(cfg.out_dir / "overlays" / f"{uid}.png", vol, prob, cfg.threshold)
-        done += 1
-    click.echo(f"wrote {done} mask(s) to {cfg.out_dir / 'masks'}")
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    with rk.process_group(here) as dist:
+        for uid, path in bar(mine, desc="segmenting", enabled=not no_progress and here.main):
+            try:
+                vol = read_volume(path)
+            except DataError as exc:
+                log.warning("skipping scan %s: %s", uid, exc)
+                click.echo(f"skipped {uid}: {exc}", err=True)
+                skipped[uid] = str(exc)
+                continue
+            prob = pred.predict_volume(vol)
+            mask = (prob >= cfg.threshold).astype(np.uint8)
+            write_volume(cfg.out_dir / "masks" / f"{uid}.mhd", vol.like(mask))
+            if cfg.overlays:
+                _overlay(cfg.out_dir / "overlays" / f"{uid}.png", vol, prob, cfg.threshold)
+            written.append(uid)
+        reports = rk.gather(dist, {"rank": here.rank, "written": written, "skipped": skipped},
+                            here)
+    if not here.main:
+        return
+    done = sorted(u for r in reports for u in r["written"])
+    write_json(cfg.out_dir / "predict.json", {
+        "world_size": here.world, "n_scans": len(items), "written": done,
+        "skipped": {u: m for r in reports for u, m in r["skipped"].items()},
+        "by_rank": {str(r["rank"]): r["written"] for r in reports}})
+    click.echo(f"wrote {len(done)} mask(s) to {cfg.out_dir / 'masks'}"
+               + (f" ({here.world} processes)" if here.world > 1 else ""))
 
 
 @segment.command("evaluate")
