@@ -25,7 +25,8 @@ def _digest(root: Path) -> dict[str, str]:
 def test_clinical_columns_and_class_mix(tiny_cohort: Path) -> None:
     t = pq.read_table(tiny_cohort / "clinical.parquet").to_pandas()
     assert list(t.columns) == ["patient_id", "seriesuid", "age", "sex", "pack_years",
-                               "malignant", "time", "event"]
+                               "family_history", "malignant", "time", "event"]
+    assert set(t.family_history) <= {0, 1}
     assert t.patient_id.str.len().eq(12).all() and t.patient_id.is_unique
     assert t.patient_id.str.match(r"^TCGA-[A-Z]{2}-\d{4}$").all()
     assert set(t.malignant) == {0, 1}

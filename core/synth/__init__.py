@@ -6,7 +6,8 @@
 
 Layout written under ``out_dir`` (see docs/synthetic.md for the generative model)::
 
-    clinical.parquet            patient_id, seriesuid, age, sex, pack_years, malignant, time, event
+    clinical.parquet            patient_id, seriesuid, age, sex, pack_years, family_history
+                                (0/1), malignant, time, event
     ct/subset{k}/<uid>.mhd/.raw int16 HU, LUNA16 layout
     ct/annotations.csv          seriesuid, coordX, coordY, coordZ, diameter_mm (world mm)
     ct/candidates.csv           seriesuid, coordX, coordY, coordZ, class (LUNA16 candidates)
@@ -176,6 +177,7 @@ def _write_all(cfg: SynthConfig, root: Path, progress: bool) -> dict[str, int]:
         "age": pa.array(cohort.age, pa.int64()),
         "sex": pa.array(cohort.sex, pa.string()),
         "pack_years": pa.array(cohort.pack_years, pa.float64()),
+        "family_history": pa.array(cohort.family_history.astype(np.int64), pa.int64()),
         "malignant": pa.array(cohort.malignant, pa.int64()),
         "time": pa.array(cohort.time, pa.float64()),
         "event": pa.array(cohort.event, pa.int64()),

@@ -68,6 +68,7 @@ class Cohort:
     age: np.ndarray
     sex: list[str]
     pack_years: np.ndarray
+    family_history: np.ndarray
     has_ct: np.ndarray
     has_rna: np.ndarray
     has_dna: np.ndarray
@@ -84,6 +85,10 @@ class Cohort:
     time: np.ndarray
     event: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: Share of synthetic patients with a family history of lung cancer (first-degree relative).
+FAMILY_HISTORY_RATE = 0.2
 
 
 def patient_id(i: int) -> str:
@@ -183,6 +188,10 @@ def draw_cohort(cfg: SynthConfig) -> Cohort:
     pack = np.round(pack, 1)
     smoke_z = _standardise(np.log1p(pack))
 
+    # family history of lung cancer (a Brock model input): its own stream, so adding it
+    # left every other draw as it was; independent of the latent risk
+    family_history = rng_for(cfg.seed, "family_history").random(n) < FAMILY_HISTORY_RATE
+
     # availability (missing completely at random, exact counts)
     order = rng.permutation(n)
     no_gen = np.zeros(n, bool)
@@ -253,7 +262,7 @@ def draw_cohort(cfg: SynthConfig) -> Cohort:
     return Cohort(
         patient_ids=pids,
         seriesuids=[series_uid(cfg.seed, p) if has_ct[i] else None for i, p in enumerate(pids)],
-        age=age, sex=sex, pack_years=pack, has_ct=has_ct, has_rna=has_rna, has_dna=has_dna,
+        age=age, sex=sex, pack_years=pack, family_history=family_history, has_ct=has_ct, has_rna=has_rna, has_dna=has_dna,
         zero_calls=zero_calls, geometry=geoms, nodules=nods, drivers=drivers,
         prolif=prolif, immune=immune, nrf2=nrf2,
         components={"z_img": z_img, "z_mut": z_mut, "z_expr": z_expr, "z_cov": z_cov,
