@@ -373,7 +373,8 @@ class CbioExpression:
         self.id_columns = [c for c in (HUGO, ENTREZ) if c in cols]
         if gene_id == "entrez":
             self.id_columns = [ENTREZ]
-        self.samples = [c for c in cols if c not in (HUGO, ENTREZ)]
+        # an unnamed column (a trailing tab on every line) holds no sample
+        self.samples = [c for c in cols if c not in (HUGO, ENTREZ) and c]
         if not self.samples:
             raise DataError(f"{self.path}: the {what} file has no sample columns after "
                             f"{', '.join(self.id_columns)}; one column per sample is expected")
@@ -384,7 +385,7 @@ class CbioExpression:
         self.header = h
         self.stats: GeneRowStats | None = None
         self._genes: list[str] | None = None
-        self._cache: tuple[tuple[str, ...] | None, list[str], np.ndarray] | None = None
+        self._cache: tuple[tuple[str, ...] | None, list[str], np.ndarray, GeneRowStats] | None = None
 
     # -- streaming ---------------------------------------------------------------------
     def _keys(self, batch: pa.RecordBatch) -> tuple[pa.Array, int]:
@@ -480,19 +481,27 @@ class CbioExpression:
     def matrix(self, genes: Sequence[str] | None = None,
                ) -> tuple[list[str], np.ndarray, GeneRowStats]:
         """(gene ids, samples x genes values, row counts) for ``genes`` (all when None):
-        only those genes' rows are kept while streaming, duplicates combined."""
+        only those genes' rows are kept while streaming, duplicates combined.
+
+        The last result is kept: the folds of a run ask for the same genes, and
+        ``top_variance`` reads every gene in ``prepare``, then a subset in ``transform``,
+        which the whole-file result serves without parsing the file again."""
         key = None if genes is None else tuple(sorted(set(genes)))
-        if self._cache is not None and self._cache[0] == key:
-            _, names, values = self._cache
-            assert self.stats is not None
-            return names, values, self.stats
+        if self._cache is not None and self._cache[0] in (key, None):
+            _, names, values, stats = self._cache
+            if key is not None and self._cache[0] is None:
+                wanted = set(key)
+                pos = [j for j, g in enumerate(names) if g in wanted]
+                names, values = [names[j] for j in pos], values[:, pos]
+            return names, values, stats
         keys, x, stats = self._scan(True, genes)
         names, values, ndup, nrows, examples = combine_duplicate_rows(keys, x)
         if genes is None:  # the whole file: these are the file's counts
             stats.duplicated_genes, stats.duplicated_rows, stats.examples = ndup, nrows, examples
             self.stats = stats
-        self._cache = (key, names, values)  # one entry: the folds of a run ask the same genes
-        return names, values, self.stats or stats
+        stats = self.stats or stats
+        self._cache = (key, names, values, stats)
+        return names, values, stats
 
     def read(self, columns: Sequence[str], filter: Any = None) -> pa.Table:  # noqa: A002
         """``columns`` (the sample column and/or genes) of the samples x genes table,
