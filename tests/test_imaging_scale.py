@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -102,3 +103,66 @@ def test_segment_predict_on_two_processes_equals_one(tree: Path, checkpoint: Pat
         assert np.array_equal(a, b), u
         some_mask |= bool(0 < a.mean() < 1)
     assert some_mask
+
+
+def _modality(tree: Path, checkpoint: Path, tmp: Path):
+    from lungfuse.core.contracts import ModalityContext
+    from lungfuse.plugins.imaging_infnet.plugin import InfNetModality
+
+    cfg = InfNetModality.example(tmp, UIDS).model_copy(update={
+        "ct_root": tree, "annotations": tree / "annotations.csv", "masks_dir": tree / "masks",
+        "checkpoint": checkpoint})
+    plugin = InfNetModality(cfg)
+    ctx = ModalityContext(workdir=tmp, progress=False)
+    plugin.prepare(pd.DataFrame(index=pd.Index(UIDS[:2], name="patient_id")), ctx)
+    return plugin, ctx
+
+
+def test_ct_features_split_over_two_ranks_equal_one_process(
+        tree: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from lungfuse.plugins.imaging_infnet import plugin as plugin_mod
+
+    patients = pd.DataFrame(index=pd.Index(UIDS, name="patient_id"))
+    plugin_mod._FEATURES.clear()
+    one_plugin, ctx = _modality(tree, checkpoint, tmp_path / "w1")
+    one = one_plugin.transform(patients, ctx)
+    assert len(one) == len(UIDS) and one["volume_mm3"].gt(0).any()
+
+    # two ranks as two threads: each its own rank, its own plugin, the same shared folder
+    plugin_mod._FEATURES.clear()
+    monkeypatch.setenv(ranks.SHARE_ENV, str(tmp_path / "share"))
+    local = threading.local()
+    monkeypatch.setattr(ranks, "current", lambda env=None: local.ranks)
+    calls: dict[int, list[str]] = {0: [], 1: []}
+    real = plugin_mod.InfNetModality._read_volume
+
+    def counting(self, uid, path):
+        calls[local.ranks.rank].append(uid)
+        return real(self, uid, path)
+
+    monkeypatch.setattr(plugin_mod.InfNetModality, "_read_volume", counting)
+    out: dict[int, pd.DataFrame] = {}
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        local.ranks = ranks.Ranks(r, 2)
+        try:
+            p, c = _modality(tree, checkpoint, tmp_path / f"r{r}")
+            out[r] = p.transform(patients, c)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for r in (0, 1):  # every rank ends with every patient's row, bit for bit
+        pd.testing.assert_frame_equal(out[r], one, check_exact=True)
+    files = list((tmp_path / "share" / "ct-rows").glob("*.json"))
+    assert len(files) == len(UIDS)  # each scan's row written once
+    # each scan read (and segmented) by exactly one rank, both ranks working
+    assert sorted(calls[0] + calls[1]) == UIDS and calls[0] and calls[1]

@@ -248,6 +248,7 @@ class InfNetModality(ModalityPlugin):
         import pandas as pd
 
         from . import ctio
+        from . import ranks as rk
         from .features import Nodule, embedding_of, patient_row, segment_at, sweep
         from .progress import bar
 
@@ -267,6 +268,12 @@ class InfNetModality(ModalityPlugin):
         dim = pred.model.embedding_dim
         fp = self._fingerprint()
         rows: dict[str, dict[str, float]] = {}
+        # several ranks with a shared folder (LUNGFUSE_CT_SHARE): each does its share of
+        # the scans and reads the others' rows from the folder (ranks.py, docs/scaling.md)
+        shared = rk.SharedRows.from_env()
+        mine = set(rk.share(sorted({u for u in series.values() if u in vols}),
+                            shared.ranks)) if shared is not None else set()
+        waiting: list[tuple[str, str, tuple]] = []
         for pid, uid in bar(sorted(series.items()), desc="CT features", enabled=ctx.progress):
             if uid not in vols:
                 continue
@@ -276,6 +283,14 @@ class InfNetModality(ModalityPlugin):
             if key is not None and key in _FEATURES:
                 rows[pid] = dict(_FEATURES[key])
                 continue
+            if shared is not None and key is not None:
+                rec = shared.get(key)
+                if rec is None and uid not in mine:
+                    waiting.append((pid, uid, key))  # another rank's scan
+                    continue
+                if rec is not None:
+                    waiting.append((pid, uid, key))  # read below, with the others
+                    continue
             try:
                 vol = self._read_volume(uid, vols[uid])
                 nodules: list[Nodule] = []
@@ -298,8 +313,22 @@ class InfNetModality(ModalityPlugin):
                 rows[pid] = patient_row(nodules, emb, dim)
                 if key is not None:
                     _remember(key, rows[pid])
+                    if shared is not None:
+                        shared.put(key, {"row": rows[pid]})
             except DataError as exc:
                 log.warning("infnet: skipping patient %s (series %s): %s", pid, uid, exc)
+                if shared is not None and key is not None:
+                    shared.put(key, {"skipped": str(exc)})
+        if waiting:
+            shared.wait([k for _, _, k in waiting], "infnet CT features")
+            for pid, uid, key in waiting:
+                rec = shared.get(key) or {"skipped": "unreadable shared record"}
+                if "row" in rec:
+                    rows[pid] = {k: float(v) for k, v in rec["row"].items()}
+                    _remember(key, rows[pid])
+                else:
+                    log.warning("infnet: skipping patient %s (series %s): %s", pid, uid,
+                                rec["skipped"])
         cols = list(patient_row([], None, dim))
         df = pd.DataFrame.from_dict(rows, orient="index", columns=cols).astype("float64")
         df = df.replace([np.inf, -np.inf], 0.0).fillna(0.0)

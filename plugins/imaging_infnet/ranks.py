@@ -171,3 +171,65 @@ def spawn(argv: Sequence[str], processes: int, threads: int | None = None) -> No
             p.wait()
         raise LungfuseError(f"rank {failed[0]} of {processes} exited with code {failed[1]} "
                             "(its own message is above); nothing was gathered")
+
+
+#: A folder every rank sees (shared file system): with it, the CT modality's feature
+#: preparation splits the scans over the ranks and each rank writes its scans' rows here.
+SHARE_ENV = "LUNGFUSE_CT_SHARE"
+#: How long a rank waits for the others' rows (seconds; default one hour).
+SHARE_TIMEOUT_ENV = "LUNGFUSE_CT_SHARE_TIMEOUT_S"
+
+
+class SharedRows:
+    """Per-scan results (a feature row, or why the scan was skipped) as small JSON files
+    in a shared folder, named by a hash of everything the result depends on (segmenter
+    fingerprint, scan file, its nodules). Written atomically, so a reader sees a whole
+    record or none; a record found there is reused by later runs too.
+
+    Floats go through JSON's shortest round-trip representation, so a row read back is
+    bit for bit the row its rank computed."""
+
+    def __init__(self, folder: Path, ranks: Ranks, timeout_s: float = 3600.0) -> None:
+        self.folder = Path(folder) / "ct-rows"
+        self.ranks = ranks
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_env(cls) -> SharedRows | None:
+        """The shared folder named by ``LUNGFUSE_CT_SHARE`` (``None`` when unset)."""
+        folder = os.environ.get(SHARE_ENV)
+        if not folder:
+            return None
+        raw = os.environ.get(SHARE_TIMEOUT_ENV, "3600")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ConfigError(f"{SHARE_TIMEOUT_ENV}={raw!r}: expected seconds") from None
+        return cls(Path(folder), current(), timeout)
+
+    def path(self, key: tuple) -> Path:
+        import hashlib
+
+        return self.folder / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:40]}.json"
+
+    def get(self, key: tuple) -> dict[str, Any] | None:
+        """The stored record for ``key`` (``{"row": {...}}`` or ``{"skipped": msg}``)."""
+        import json
+
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # unreadable: recomputed and rewritten by whoever owns it
+        return rec if isinstance(rec, dict) and ("row" in rec or "skipped" in rec) else None
+
+    def put(self, key: tuple, record: dict[str, Any]) -> None:
+        from lungfuse.core.atomic import write_json
+
+        write_json(self.path(key), record)
+
+    def wait(self, keys: Sequence[tuple], what: str) -> None:
+        """Block until every key's record exists (see :func:`wait_for_files`)."""
+        wait_for_files([self.path(k) for k in keys], self.timeout_s, what)
