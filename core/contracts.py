@@ -10,9 +10,10 @@ Data handed to modality plugins is split so a fit cannot leak evaluation labels:
 supervised selection); ``available``, ``transform`` and the optional report hooks see
 cohort rows without outcome columns.
 
-Optional hooks (``scoring_config``, ``patient_section``, ``report_section``) have
-defaults that do nothing; core calls them where a plugin overrides them
-(:func:`overrides`) and never looks for a plugin by name or for a plugin's config keys.
+Optional hooks (``scoring_config``, ``scoring_input``, ``patient_section``,
+``report_section``) have defaults that do nothing; core calls them where a plugin
+overrides them (:func:`overrides`) and never looks for a plugin by name or for a
+plugin's config keys.
 That is how the CT modality puts its nodule overlay on the patient page, and how any
 third-party modality gets a section of its own.
 """
