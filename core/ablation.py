@@ -130,46 +130,22 @@ def _head_config(cfg: Any, registry: Registry, head: str) -> Any:
 def _config_hash(cfg: Any, modalities: Sequence[str], heads: Sequence[str]) -> str:
     from lungfuse.core.config import config_to_dict
 
-    blob = json.dumps({"config": config_to_dict(cfg), "modalities": list(modalities),
+    resolved = config_to_dict(cfg)
+    if not resolved.get("baselines"):  # folders from before `baselines` existed still resume
+        resolved.pop("baselines", None)
+    blob = json.dumps({"config": resolved, "modalities": list(modalities),
                        "heads": list(heads)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _score_fn(task: str) -> Callable[[Any, Any], float]:
-    """Primary metric as ``fn(y, score)`` for the paired bootstrap; survival packs
-    ``y = [time, event]`` in two columns."""
-    if task == "binary":
-        from sklearn.metrics import roc_auc_score
-
-        return lambda y, p: float(roc_auc_score(y, p))
-
-    from sksurv.metrics import concordance_index_censored
-
-    def harrell(y: Any, r: Any) -> float:
-        if not y[:, 1].any():
-            return float("nan")
-        return float(concordance_index_censored(y[:, 1].astype(bool), y[:, 0], r)[0])
-
-    return harrell
-
-
 def _paired(pred_a: pd.DataFrame, pred_b: pd.DataFrame, task: str, n: int,
             seed: int) -> dict[str, float]:
-    """Paired bootstrap of the primary metric, variant a minus variant b (first seed)."""
-    import numpy as np
+    """Paired bootstrap of the primary metric, variant a minus variant b (first seed):
+    the evaluation's :func:`~lungfuse.core.evaluation.paired_difference`, which the run's
+    model-versus-baseline comparison uses too."""
+    from lungfuse.core.evaluation import paired_difference
 
-    from lungfuse.core.metrics import paired_bootstrap_difference
-
-    s0 = sorted(pred_a["seed"].unique())[0]
-    a = pred_a[pred_a["seed"] == s0].sort_values("patient_id")
-    b = pred_b[pred_b["seed"] == s0].set_index("patient_id").loc[a["patient_id"]]
-    if task == "binary":
-        y = a["y"].to_numpy()
-        pa, pb = a["prob_calibrated"].to_numpy(), b["prob_calibrated"].to_numpy()
-    else:
-        y = np.column_stack([a["time"].to_numpy(float), a["event"].to_numpy(float)])
-        pa, pb = a["risk"].to_numpy(), b["risk"].to_numpy()
-    return paired_bootstrap_difference(_score_fn(task), y, pa, pb, n=max(n, 1), seed=seed)
+    return paired_difference(pred_a, pred_b, task, n, seed)
 
 
 def _row(v: Variant, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -180,15 +156,73 @@ def _row(v: Variant, metrics: dict[str, Any]) -> dict[str, Any]:
     first = next(iter(metrics["per_seed"].values()))
     row["patients"] = int(first["n"])
     per_fold = first["per_fold"]
+    # mean ± sd over every (seed, fold) test fold where the metrics hold it (item 4 of
+    # issue 13); metrics.json of older ablation folders: the first seed's folds
+    summary = metrics.get("fold_summary", {})
     for k, m in metrics["overall"].items():
         row[k] = m["value"]
         row[f"{k}_ci_low"] = m["ci_low"]
         row[f"{k}_ci_high"] = m["ci_high"]
+        if k in summary:
+            row[f"{k}_fold_mean"] = summary[k]["mean"]
+            row[f"{k}_fold_sd"] = summary[k]["sd"]
+            continue
         vals = np.asarray([f[k] for f in per_fold.values()], float)
         fin = vals[np.isfinite(vals)]
         row[f"{k}_fold_mean"] = float(fin.mean()) if len(fin) else float("nan")
         row[f"{k}_fold_sd"] = float(fin.std(ddof=1)) if len(fin) > 1 else float("nan")
     return row
+
+
+def _ablation_baselines(cfg: Any, registry: Registry, names: Sequence[str],
+                        source: str) -> list[Any]:
+    """The config's baselines for an ablation of modalities ``names``: a baseline without
+    its own ``modalities`` uses all of them (one row per baseline, compared with the
+    reference variant); one naming a modality outside the ablation is a ConfigError."""
+    from lungfuse.core.baselines import resolve_baselines
+
+    out = resolve_baselines(cfg, registry, source)
+    for b in out:
+        if b.config.modalities is None:
+            b.modalities = list(names)
+        outside = [m for m in b.modalities if m not in names]
+        if outside:
+            raise ConfigError(f"{source}: baseline '{b.label}' uses modality '{outside[0]}', "
+                              f"which this ablation leaves out (ablated: {', '.join(names)})")
+    return out
+
+
+def _baseline_variant(b: Any, v: Variant, folder: Path, study: Any,
+                      features: Callable[[str, int, int, list[str]], Any],
+                      model_pred: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Baseline ``b`` as ablation row ``v``: fitted on each fold's non-test patients with
+    the fold's prepared features (the ones the variants share), its held-out scores in
+    prediction-table form with their metrics, under ``variants/<id>/`` (kept on resume).
+    A baseline that fails is a DataError naming it: an ablation row cannot be left blank."""
+    import pandas as pd
+
+    from lungfuse.core.baselines import as_prediction_table, run_baselines
+    from lungfuse.core.errors import DataError
+    from lungfuse.core.evaluation import evaluate_predictions
+
+    vdir = folder / "variants" / v.id
+    if (vdir / "metrics.json").exists() and (vdir / "predictions.parquet").exists():
+        return (pd.read_parquet(vdir / "predictions.parquet"),
+                json.loads((vdir / "metrics.json").read_text(encoding="utf-8")))
+
+    def features_of(m: str, seed: int, fold: int) -> pd.DataFrame:
+        return features(m, seed, fold, study.fold_ids(seed, fold)["train"]).features
+
+    raw, failed = run_baselines([b], study.splits, study.folds, study.cohort, features_of)
+    if failed:
+        raise DataError(f"baseline '{b.label}' failed ({failed[b.label]}); fix or remove it "
+                        "from `baselines` and rerun with the same --dir")
+    pred = as_prediction_table(raw, b.label, model_pred, study.task)
+    pred.insert(0, "variant", v.label)
+    metrics = evaluate_predictions(pred, study.cfg, study.cohort, study.time_grid)
+    atomic.write_parquet(vdir / "predictions.parquet", pred, index=False)
+    atomic.write_json(vdir / "metrics.json", metrics)
+    return pred, metrics
 
 
 @contextlib.contextmanager
@@ -255,6 +289,9 @@ def run_ablation(
     head_plugins = {h: reg.get(FUSION_GROUP, h)(head_cfgs[h]) for h in heads}
     mods = {m: all_mods[m] for m in names}
     variants = variants_of(names, heads)
+    baselines = _ablation_baselines(cfg, reg, names, str(config) if isinstance(
+        config, str | Path) else "this config")
+    bvariants = [Variant(tuple(b.modalities), f"{b.label} (baseline)") for b in baselines]
     chash = _config_hash(cfg, names, heads)
 
     out_root = Path(output_dir) if output_dir is not None else Path(cfg.output_dir)
@@ -274,7 +311,10 @@ def run_ablation(
     atomic.write_parquet(folder / "splits.parquet", splits, index=False)
     base_state = {"config_hash": chash, "modalities": names, "heads": heads,
                   "variants": [{"id": v.id, "label": v.label, "modalities": list(v.modalities),
-                                "head": v.head} for v in variants],
+                                "head": v.head} for v in variants]
+                  + [{"id": v.id, "label": v.label, "modalities": list(v.modalities),
+                      "head": v.head, "baseline": b.label} for v, b in zip(bvariants, baselines,
+                                                                            strict=True)],
                   "task": cfg.task.kind, "started": started}
     atomic.write_json(folder / "ablation.json", {**base_state, "status": "running"})
     with _records_end(folder / "ablation.json", base_state):
@@ -332,12 +372,17 @@ def run_ablation(
         bar.close()
 
         primary = PRIMARY[cfg.task.kind]
-        table = pd.DataFrame([_row(v, metrics[v.label]) for v in variants])
-        singles = table[table["n_modalities"] == 1]
+        for v, b in zip(bvariants, baselines, strict=True):  # same folds, same features
+            results[v.label], metrics[v.label] = _baseline_variant(
+                b, v, folder, study, features, results[next(x.label for x in variants
+                                   if len(x.modalities) == len(names))])
+        table = pd.DataFrame([_row(v, metrics[v.label]) for v in variants + bvariants])
+        table["baseline"] = [False] * len(variants) + [True] * len(bvariants)
+        singles = table[(table["n_modalities"] == 1) & ~table["baseline"]]
         ref = str(singles.sort_values(primary, ascending=False, na_position="last")
                    .iloc[0]["variant"])
         comps = []
-        for v in variants:
+        for v in variants + bvariants:
             d = _paired(results[v.label], results[ref], cfg.task.kind, cfg.evaluation.bootstrap,
                         cfg.seed) if v.label != ref else \
                 {"difference": 0.0, "ci_low": float("nan"), "ci_high": float("nan"),
@@ -367,7 +412,7 @@ def run_ablation(
                                    table[f"{primary}_ci_low"].to_numpy(np.float64),
                                    table[f"{primary}_ci_high"].to_numpy(np.float64),
                                    metric=primary, title="Ablation (held-out, 95% CI)",
-                                   highlight=ref)
+                                   highlight=ref, muted=[v.label for v in bvariants])
         atomic.write_bytes(folder / "ablation.png", figure_png(fig))
         if report:
             from lungfuse.core.report import render_folder
@@ -403,10 +448,22 @@ def summary_markdown(table: pd.DataFrame, task: str, reference: str) -> str:
                      r[f"{primary}_delta_ci_high"])
         row[f"Δ{primary} vs ref"] = "reference" if r["variant"] == reference else (
             f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo == lo else f"{d:+.3f}")
+        if task == "survival":  # the headline first: mean ± sd over folds, then pooled
+            row = {"variant": row["variant"],
+                   f"{primary} fold mean ± sd": row.pop(f"{primary} fold mean ± sd"),
+                   f"{primary} pooled": row.pop(primary), **row}
         rows.append(row)
     head = (f"Held-out {task} metrics, pooled over folds, 95% bootstrap CI in brackets. "
             f"Reference (best single modality by {primary}): **{reference}**; Δ is the paired "
-            "bootstrap difference on the same patients.\n\n")
+            "bootstrap difference on the same patients.")
+    if "baseline" in table and table["baseline"].any():
+        head += (" Rows marked `(baseline)` are classical models fitted on the same folds "
+                 "and features (all ablated modalities).")
+    if task == "survival":
+        head += (f" The {primary} fold mean ± sd is over every (seed, fold) test fold; the "
+                 "pooled figure ranks all held-out risks of the first seed together, though "
+                 "they come from separately trained fold models on different scales.")
+    head += "\n\n"
     return head + markdown_table(pd.DataFrame(rows))
 
 
@@ -442,7 +499,10 @@ def ablate_command(config: Path, modalities: str | None, heads: str | None, fold
     click.echo(f"ablation folder: {res.folder} ({res.trained} fold trainings, "
                f"{res.skipped} resumed from disk)")
     for _, r in res.table.iterrows():
-        click.echo(f"  {r['variant']:<40} {primary} {r[primary]:.3f} "
+        fm, fs = r[f"{primary}_fold_mean"], r[f"{primary}_fold_sd"]
+        lead = (f"{primary} {fm:.3f} +/- {fs:.3f} (fold mean +/- sd), pooled "
+                if primary == "harrell_c" and fm == fm and fs == fs else f"{primary} ")
+        click.echo(f"  {r['variant']:<40} {lead}{r[primary]:.3f} "
                    f"[{r[f'{primary}_ci_low']:.3f}, {r[f'{primary}_ci_high']:.3f}]")
     click.echo(f"reference (best single modality): {res.reference}")
     click.echo(f"report: {res.folder / 'report.html'}")

@@ -10,10 +10,17 @@ calibration of the held-out risks by it against Kaplan-Meier per risk group
 (:func:`~lungfuse.core.survival.horizon_calibration`) and the AUC and Brier score there
 (:func:`~lungfuse.core.metrics.horizon_metrics`), per fold and summarised over folds
 (mean, sd), and pooled over the seed's held-out patients (the report's figure).
+
+Headline of a cross-validated run (``fold_summary``): each metric's mean ± sd over every
+(split seed, fold) test fold, as MCAT / PathomicFusion report theirs, beside the pooled
+figure. Risks of separately trained fold models are on different scales, so the pooled
+c-index (all held-out patients of a seed ranked together) mixes scales; the fold mean
+does not, and is reported first for survival.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from lungfuse.core.cohort import Cohort
@@ -22,7 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["evaluate_predictions", "horizon_summary"]
+__all__ = ["PRIMARY", "evaluate_predictions", "fold_summary", "horizon_summary",
+           "paired_difference"]
+
+#: the metric a task's tables are ranked by and compared on
+PRIMARY = {"binary": "auroc", "survival": "harrell_c"}
 
 
 def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = None,
@@ -49,13 +60,15 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
         te = cohort.table[cohort.outcome_columns[1]].to_numpy() if cohort is not None else None
 
         def fn(t: np.ndarray, e: np.ndarray, r: np.ndarray, s: np.ndarray) -> dict[str, float]:
-            return M.survival_metrics(t, e, r, s, grid, tt, te)
+            return M.survival_metrics(t, e, r, s if s.shape[1] else None, grid, tt, te)
         out["time_grid"] = grid.tolist()
 
     def arrays(g: pd.DataFrame) -> list[np.ndarray]:
         if binary:
             return [g["y"].to_numpy(), g["prob_calibrated"].to_numpy()]
-        s = g[surv_cols].to_numpy() if surv_cols else np.zeros((len(g), 0))
+        # a table without survival curves (a baseline's risk scores): no Brier score
+        s = (g[surv_cols].to_numpy() if surv_cols and surv_cols[0] in g
+             else np.zeros((len(g), 0)))
         return [g["time"].to_numpy(), g["event"].to_numpy(), g["risk"].to_numpy(), s]
 
     strat_col = "y" if binary else "event"
@@ -82,6 +95,7 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
                 res["horizons"] = horizon_summary(g, hz, tt, te)
         out["per_seed"][str(seed)] = res
     first = next(iter(out["per_seed"].values()))
+    out["fold_summary"] = fold_summary(out["per_seed"])
     out["overall"] = first["overall"]
     out["by_pattern"] = first["by_pattern"]
     if "horizons" in first:
@@ -89,10 +103,73 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: Any, cohort: Cohort | None = N
         out["time_unit"] = getattr(ev, "time_unit", None)
     if len(out["per_seed"]) > 1:
         keys = list(first["overall"])
-        out["seed_mean"] = {k: float(np.nanmean([r["overall"][k]["value"]
-                                                 for r in out["per_seed"].values()]))
-                            for k in keys}
+        with warnings.catch_warnings():  # a metric undefined on every seed stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["seed_mean"] = {k: float(np.nanmean([r["overall"][k]["value"]
+                                                     for r in out["per_seed"].values()]))
+                                for k in keys}
     return out
+
+
+def fold_summary(per_seed: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{metric: {"mean", "sd", "folds"}}`` over every (seed, fold) test fold of
+    ``per_seed`` (``evaluate_predictions``' block): sd with ddof=1, folds where a metric is
+    undefined left out (``folds`` counts the rest)."""
+    import numpy as np
+
+    vals: dict[str, list[float]] = {}
+    for res in per_seed.values():
+        for fold in res["per_fold"].values():
+            for k, v in fold.items():
+                vals.setdefault(k, []).append(float(v) if v is not None else float("nan"))
+    out = {}
+    for k, v in vals.items():
+        a = np.asarray(v, float)
+        a = a[np.isfinite(a)]
+        out[k] = {"mean": float(a.mean()) if len(a) else float("nan"),
+                  "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
+                  "folds": int(len(a))}
+    return out
+
+
+def primary_score_fn(task: str) -> Any:
+    """The primary metric as ``fn(y, score)`` for the paired bootstrap; survival packs
+    ``y = [time, event]`` in two columns."""
+    if task == "binary":
+        from sklearn.metrics import roc_auc_score
+
+        return lambda y, p: float(roc_auc_score(y, p))
+
+    from sksurv.metrics import concordance_index_censored
+
+    def harrell(y: Any, r: Any) -> float:
+        if not y[:, 1].any():
+            return float("nan")
+        return float(concordance_index_censored(y[:, 1].astype(bool), y[:, 0], r)[0])
+
+    return harrell
+
+
+def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, task: str, n: int,
+                      seed: int) -> dict[str, float]:
+    """Paired bootstrap of the primary metric, table a minus table b, on the first split
+    seed's held-out patients (the same resample for both;
+    :func:`lungfuse.core.metrics.paired_bootstrap_difference`)."""
+    import numpy as np
+
+    from lungfuse.core.metrics import paired_bootstrap_difference
+
+    s0 = sorted(pred_a["seed"].unique())[0]
+    a = pred_a[pred_a["seed"] == s0].sort_values("patient_id")
+    b = pred_b[pred_b["seed"] == s0].set_index("patient_id").loc[a["patient_id"]]
+    if task == "binary":
+        y = a["y"].to_numpy()
+        pa, pb = a["prob_calibrated"].to_numpy(), b["prob_calibrated"].to_numpy()
+    else:
+        y = np.column_stack([a["time"].to_numpy(float), a["event"].to_numpy(float)])
+        pa, pb = a["risk"].to_numpy(), b["risk"].to_numpy()
+    return paired_bootstrap_difference(primary_score_fn(task), y, pa, pb, n=max(n, 1),
+                                       seed=seed)
 
 
 #: Per-fold figures of a horizon that are summarised over folds (mean, sd).

@@ -10,13 +10,14 @@ The flow, each step in the module that holds it::
         train_fold (folds)                Lightning fit, calibration/Breslow, held-out
                                           predictions through TrainedFold.predict_table
     evaluate_predictions (evaluation)     metrics.json with bootstrap CIs
+    baselines.add_to_run (baselines)      configured baselines on the same folds/features
     render_run (report.run)               report.html
 
 Run folder (created only once the input has been checked, never written over; every file
 written atomically)::
 
     config.yaml  run.json  splits.parquet  predictions.parquet  metrics.json  run.log
-    report.html
+    report.html  baselines/predictions.parquet (with `baselines:` in the config)
     features/<modality>/seed<S>-fold<K>.parquet
     models/seed<S>-fold<K>/{model.pt, meta.json, modality_state.{json,safetensors},
                             predictions.parquet, checkpoints/best.ckpt, logs/metrics.csv}
@@ -148,6 +149,8 @@ def run_experiment(
     import yaml
     from tqdm.auto import tqdm
 
+    from lungfuse.core.baselines import add_to_run as add_baselines
+    from lungfuse.core.baselines import resolve_baselines
     from lungfuse.core.config import config_to_dict
     from lungfuse.core.evaluation import evaluate_predictions
     from lungfuse.core.features import prepare_fold_features
@@ -170,6 +173,7 @@ def run_experiment(
     _check_trainer(cfg)
     resolved = config_to_dict(cfg)
     source = str(config) if isinstance(config, str | os.PathLike) else "this config"
+    baselines = resolve_baselines(cfg, study.registry, source)  # bad names: before any folder
     previous: dict[str, Any] = {}
     if resume is not None:
         rdir = Path(resume).absolute()
@@ -257,6 +261,7 @@ def run_experiment(
         metrics = evaluate_predictions(pred, cfg, cohort, study.time_grid)
         metrics["patients"] = len(cohort.ids)
         metrics["coverage"] = {m: len(v) for m, v in coverage.items()}
+        add_baselines(baselines, study, rdir, pred, metrics)  # same folds and features
         atomic.write_json(rdir / "metrics.json", metrics)
         finished = time.time()
         status.end("complete", finished=finished, seconds=round(finished - started, 2),
@@ -304,14 +309,12 @@ def _write_report(rdir: Path, say: Callable[[str], Any]) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 def _headline(metrics: Mapping[str, Any]) -> str:
-    """The overall held-out metrics on one line: ``name value [low, high]; ...``."""
-    parts = []
-    for k, v in metrics.get("overall", {}).items():
-        if v["value"] == v["value"]:
-            ci = (f" [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                  if v["ci_low"] == v["ci_low"] else "")
-            parts.append(f"{k} {v['value']:.3f}{ci}")
-    return "; ".join(parts)
+    """The overall held-out metrics on one line: ``name value [low, high]; ...``. A
+    survival run leads its c-index with the mean +/- sd over test folds, the pooled figure
+    beside it labelled "pooled" (fold models' risks are on different scales)."""
+    from lungfuse.core.baselines import headline_of
+
+    return headline_of(metrics)
 
 
 @click.command("run")
@@ -350,5 +353,9 @@ def run_command(config: Path, output_dir: Path | None, run_dir: Path | None,
     kept = f" (resumed: {res.resumed} of {len(res.folds)} folds kept)" if resume else ""
     click.echo(f"run folder: {res.run_dir}{kept}")
     click.echo(f"held-out ({res.metrics['task']}): {_headline(res.metrics)}")
+    from lungfuse.core.baselines import cli_lines
+
+    for line in cli_lines(res.metrics):
+        click.echo(line)
     if (res.run_dir / "report.html").exists():
         click.echo(f"report: {res.run_dir / 'report.html'}")

@@ -169,6 +169,16 @@ class EvaluationConfig(Section):
         return self
 
 
+class BaselineEntry(BaseModel):
+    """One classical baseline: ``kind`` names a ``lungfuse.baselines`` plugin; the other
+    keys are that plugin's settings, checked against its config model when the run starts
+    (:func:`lungfuse.core.baselines.resolve_baselines`), before anything is written."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    kind: str = Field(min_length=1, description="Baseline name, e.g. logreg, coxnet, rsf.")
+
+
 class ExperimentConfigBase(Section):
     """Static sections of an experiment; ``modalities`` and ``fusion`` are added from the
     installed plugins by :func:`experiment_model`."""
@@ -182,6 +192,12 @@ class ExperimentConfigBase(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output_dir: OutputPath = Field(default=Path("runs"), validate_default=True,
                                    description="Run folders go here (relative to the config).")
+    baselines: list[str | BaselineEntry] = Field(
+        default_factory=list,
+        description="Classical baselines fitted on the same folds and train-fitted features "
+        "as the model and reported beside it: a name (`logreg`) or a mapping with `kind` "
+        "and its settings (`{kind: coxnet, l1_ratios: [0.5]}`); `lungfuse plugins` lists "
+        "them. Default: none.")
 
     @model_validator(mode="after")
     def _unique_modality_names(self) -> ExperimentConfigBase:
@@ -278,6 +294,7 @@ def experiment_model(
 
 
 __all__ = [
+    "BaselineEntry",
     "CohortConfig",
     "EvaluationConfig",
     "ExperimentConfigBase",

@@ -4,11 +4,42 @@ comparisons, ROC curves of the leading variants and the config/split summary."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lungfuse.core.errors import DataError
 from lungfuse.core.report.html import Section, write_report
 from lungfuse.core.report.html import read_json as _read_json
 from lungfuse.core.report.run import _config_section, _split_section
+
+
+def _baseline_labels(table: Any) -> list[str]:
+    """Labels of the classical-baseline rows (none in folders from before baselines)."""
+    if "baseline" not in table:
+        return []
+    return table.loc[table["baseline"].astype(bool), "variant"].tolist()
+
+
+def _baseline_text(table: Any, primary: str) -> list[str]:
+    """What the baseline rows are, and, where one beats every neural variant on the pooled
+    primary metric, a sentence that says so (with its paired Δ against the reference and
+    whether that CI excludes 0)."""
+    labels = _baseline_labels(table)
+    if not labels:
+        return []
+    base = table["variant"].isin(labels)
+    out = ["Rows marked '(baseline)' (grey in the figure) are classical models fitted on each "
+           "fold's non-test patients with the same folds and the same train-fitted features "
+           "(of all ablated modalities), scored on the same held-out patients."]
+    neural = table.loc[~base, primary].max()
+    for _, r in table[base].iterrows():
+        if r[primary] == r[primary] and r[primary] > neural:
+            lo, hi = r[f"{primary}_delta_ci_low"], r[f"{primary}_delta_ci_high"]
+            shown = ("its 95% CI excludes 0" if lo == lo and (lo > 0 or hi < 0)
+                     else "its 95% CI includes 0")
+            out.append(f"Baseline {r['variant']} beats every neural variant: pooled {primary} "
+                       f"{r[primary]:.3f} vs {neural:.3f}; against the reference its paired "
+                       f"Δ is {r[f'{primary}_delta_vs_ref']:+.3f} ({shown}).")
+    return out
 
 
 def render_ablation(folder: Path) -> Path:
@@ -30,7 +61,8 @@ def render_ablation(folder: Path) -> Path:
     others = [c for c in ("auprc", "brier", "ece", "uno_c", "integrated_brier") if c in table]
     fig = interval_bars_figure(table["variant"].tolist(), table[primary], table[f"{primary}_ci_low"],
                                table[f"{primary}_ci_high"], metric=primary,
-                               title="Held-out performance per variant", highlight=ref)
+                               title="Held-out performance per variant", highlight=ref,
+                               muted=_baseline_labels(table))
     comp = table[["variant", f"{primary}_delta_vs_ref", f"{primary}_delta_ci_low",
                   f"{primary}_delta_ci_high", f"{primary}_p_not_better"]].rename(columns={
                       f"{primary}_delta_vs_ref": f"Δ{primary}", f"{primary}_delta_ci_low":
@@ -41,7 +73,8 @@ def render_ablation(folder: Path) -> Path:
             f"{len(table)} variants (modality subsets × heads {', '.join(state['heads'])}), "
             f"each trained on the same {len(state.get('folds', []))} split folds with the same "
             "seeds; features prepared once per modality and fold and shared.",
-            "Pooled held-out estimates with 95% bootstrap CIs; fold mean ± sd alongside."],
+            "Pooled held-out estimates with 95% bootstrap CIs; fold mean ± sd (over every "
+            "split seed × fold) alongside.", *_baseline_text(table, primary)],
             tables=[table[show + others]], figures=[(fig, f"{primary} with 95% CI; red: the "
                                                      f"reference ({ref}).")]),
         Section("Paired comparison with the best single modality", text=[

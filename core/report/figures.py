@@ -73,15 +73,18 @@ def km_figure(time: Sequence[float], event: Sequence[int], groups: Sequence[str]
 
 def interval_bars_figure(labels: Sequence[str], mean: Sequence[float], lo: Sequence[float],
                          hi: Sequence[float], metric: str = "AUROC", title: str = "",
-                         highlight: str | None = None):
-    """Horizontal bars with 95% CI whiskers, e.g. an ablation table."""
+                         highlight: str | None = None, muted: Sequence[str] = ()):
+    """Horizontal bars with 95% CI whiskers, e.g. an ablation table; ``highlight`` (red)
+    marks the reference, ``muted`` (grey) the classical baselines beside the models."""
     import numpy as np
 
     mean, lo, hi = (np.asarray(v, float) for v in (mean, lo, hi))
     order = np.argsort(mean)
     fig, ax = _fig(6.0, 0.45 * len(labels) + 1.4)
     ys = np.arange(len(labels))
-    colors = ["#c0392b" if labels[i] == highlight else "#2e6da4" for i in order]
+    grey = set(muted)
+    colors = ["#c0392b" if labels[i] == highlight else "#8c8c8c" if labels[i] in grey
+              else "#2e6da4" for i in order]
     ax.barh(ys, mean[order], color=colors, alpha=0.85)
     ax.errorbar(mean[order], ys, xerr=[mean[order] - lo[order], hi[order] - mean[order]],
                 fmt="none", ecolor="k", capsize=3, lw=1)

@@ -267,6 +267,7 @@ def render_run(folder: Path, registry: Registry | None = None) -> Path:
     import numpy as np
     import pandas as pd
 
+    from lungfuse.core.report.baselines import baseline_section, headline_sentence, verdict_html
     from lungfuse.core.report.figures import bar_figure, calibration_figure, km_figure, roc_figure
 
     run = _read_json(folder / "run.json")
@@ -284,9 +285,13 @@ def render_run(folder: Path, registry: Registry | None = None) -> Path:
         f"{metrics.get('patients', p0['patient_id'].nunique())} patients; each is scored once "
         f"per split seed by the model of the fold that held it out. Coverage: "
         + ", ".join(f"{m} {n}" for m, n in cov.items()) + ".",
-        "95% CIs: percentile bootstrap over held-out patients (stratified by outcome)."],
-        tables=[_metrics_table(metrics["overall"])])
+        "95% CIs: percentile bootstrap over held-out patients (stratified by outcome)."]
+        + [t for t in (headline_sentence(metrics),) if t],
+        html=verdict_html(metrics), tables=[_metrics_table(metrics["overall"])])
     sections = [summary]
+    compared = baseline_section(folder, metrics, p0)  # the baselines, beside the model
+    if compared is not None:
+        sections.append(compared)
     if task == "binary":
         curves = {"all patients": (p0["y"].to_numpy(), p0["prob_calibrated"].to_numpy())}
         for pat, g in p0.groupby("pattern"):
@@ -310,14 +315,14 @@ def render_run(folder: Path, registry: Registry | None = None) -> Path:
             "Held-out patients split into risk tertiles within each fold."],
             figures=[(km_figure(p0["time"], p0["event"], groups), "Kaplan–Meier curves "
                       "by predicted risk tertile (held-out).")]))
+        if metrics.get("horizons"):
+            sections.append(_horizon_section(metrics["horizons"],
+                                             (metrics.get("time_unit") or None)))
     sections.append(Section("By modality availability", text=[
         "Held-out performance by the set of modalities a patient has."],
         tables=[_pattern_table(metrics.get("by_pattern", {}), primary)]))
     wcols = [c for c in pred.columns if c.startswith("weight_")]
     if wcols:
-        if metrics.get("horizons"):
-            sections.append(_horizon_section(metrics["horizons"],
-                                             (metrics.get("time_unit") or None)))
         w = p0[wcols].mean()
         sections.append(Section("Fusion head weights", figures=[(bar_figure(
             [c.removeprefix("weight_") for c in wcols], w.to_numpy(), "Mean modality weight",
