@@ -290,6 +290,15 @@ def test_cbio_expression_bad_value_names_the_sample(tmp_path: Path) -> None:
     one_line(e, "bad.txt", "column 'S2'", "low")
 
 
+def test_cbio_expression_trailing_tabs_and_crlf(tmp_path: Path) -> None:
+    path = write(tmp_path / "trailing.txt",
+                 "Hugo_Symbol\tS1\tS2\t\r\nEGFR\t1.5\t2\t\r\nKRAS\t3\tNA\t\r\n")
+    e = F.CbioExpression(path)
+    assert e.samples == ["S1", "S2"] and e.genes() == ["EGFR", "KRAS"]
+    names, values, _ = e.matrix(["KRAS"])
+    assert names == ["KRAS"] and values[0, 0] == 3.0 and np.isnan(values[1, 0])
+
+
 def test_format_detection_and_config(tmp_path: Path) -> None:
     maf = write(tmp_path / "calls.dat", maf_text(CALLS))  # no telling suffix: content
     assert looks_like_text_table(maf)
@@ -371,9 +380,6 @@ def test_convert_cli_bad_input_exits_2_and_leaves_no_file(tmp_path: Path, capsys
 # -- direct reading == converted reading -----------------------------------------------------
 def test_direct_read_equals_converted_features(tiny_cohort: Path, tmp_path: Path) -> None:
     omics = tiny_cohort / "omics"
-    clin = pd.read_parquet(tiny_cohort / "clinical.parquet").set_index("patient_id")
-    all_ = clin[[]]
-    train = clin.iloc[::2][[]]
     # the synthetic cohort's tables written as the text files users download
     maf = pd.read_parquet(omics / "mutations.parquet")
     maf_txt = tmp_path / "cohort.maf.gz"
@@ -391,19 +397,32 @@ def test_direct_read_equals_converted_features(tiny_cohort: Path, tmp_path: Path
     maf_pq, expr_pq = tmp_path / "mutations.parquet", tmp_path / "expression.parquet"
     F.convert(maf_txt, maf_pq)
     F.convert(expr_txt, expr_pq)
-    seq = omics / "sequenced_samples.txt"
-    mut = {"sequenced_samples": seq, "hotspots": True, "vaf_weighting": True, "top_n": 8}
-    for settings in ({"selection": "top_variance", "top_n": 20},
-                     {"selection": "panel"}):
-        direct = features(ExpressionModality(ExpressionConfig(path=expr_txt, **settings)),
-                          train, all_, tmp_path)
-        converted = features(ExpressionModality(ExpressionConfig(path=expr_pq, **settings)),
-                             train, all_, tmp_path)
-        assert len(direct) > 0 and direct.shape[1] > 0
-        pd.testing.assert_frame_equal(direct, converted, check_exact=True)
-    direct = features(MutationsModality(MutationsConfig(path=maf_txt, **mut)), train, all_,
-                      tmp_path)
-    converted = features(MutationsModality(MutationsConfig(path=maf_pq, **mut)), train, all_,
-                         tmp_path)
-    assert len(direct) > 0 and (direct.to_numpy() != 0).any()
-    pd.testing.assert_frame_equal(direct, converted, check_exact=True)
+    mut = {"kind": "mutations", "sequenced_samples": str(omics / "sequenced_samples.txt"),
+           "hotspots": True, "vaf_weighting": True, "top_n": 8}
+    for i, expr_settings in enumerate(({"selection": "top_variance", "top_n": 20},
+                                       {"selection": "panel"})):
+        modalities = [{"kind": "expression", **expr_settings}] + ([mut] if i == 0 else [])
+        direct = run_features(tiny_cohort, modalities, maf_txt, expr_txt, tmp_path / "a")
+        converted = run_features(tiny_cohort, modalities, maf_pq, expr_pq, tmp_path / "b")
+        assert direct.keys() == converted.keys() == {m["kind"] for m in modalities}
+        for name, f in direct.items():
+            assert len(f) > 0 and f.shape[1] > 0 and (f.to_numpy() != 0).any()
+            pd.testing.assert_frame_equal(f, converted[name], check_exact=True)
+
+
+def run_features(cohort_dir: Path, modalities: list[dict], maf: Path, expr: Path,
+                 work: Path) -> dict[str, pd.DataFrame]:
+    """Each modality's features for fold 0 as ``lungfuse run`` prepares them (the study's
+    cohort and splits, fitted on the fold's training patients, every patient transformed)."""
+    from lungfuse.core.features import prepare_fold_features
+    from lungfuse.core.study import Study
+
+    mods = [{**m, "path": str(maf if m["kind"] == "mutations" else expr)} for m in modalities]
+    cfg = {"cohort": {"clinical": str(cohort_dir / "clinical.parquet")}, "modalities": mods,
+           "fusion": {"kind": "concat"}, "training": {"max_epochs": 1},
+           "evaluation": {"folds": 2, "bootstrap": 0}, "output_dir": str(work / "runs")}
+    st = Study.from_config(cfg)
+    train = st.fold_ids(0, 0)["train"]
+    return {name: prepare_fold_features(name, cls, mcfg, st.cohort, train, seed=0, fold=0,
+                                        workdir=work / name, write=False).features
+            for name, (cls, mcfg) in st.modalities.items()}

@@ -633,7 +633,10 @@ def _convert_expression(source: Path, output: Path, gene_id: str,
     arrays += [pa.array(values[:, j], pa.float64()) for j in range(len(names))]
     table = pa.Table.from_arrays(arrays, schema=schema)
     with atomic_path(output) as tmp:
-        # statistics on the sample column only: the readers filter rows by sample
-        pq.write_table(table, tmp, compression="zstd", write_statistics=["sample"])
+        # statistics on the sample column only (the readers filter rows by sample); no
+        # dictionary pages for the gene columns (continuous values): a third faster to
+        # write and smaller
+        pq.write_table(table, tmp, compression="zstd", write_statistics=["sample"],
+                       use_dictionary=["sample"])
     return Converted("cbio-expression", output, stats.rows, len(expr.samples), len(names),
                      stats)
