@@ -13,21 +13,27 @@ built-in ``clinical`` modality and a ``concat`` fusion head, evaluated over 5 fo
 seeds. lungfuse runs through its Python API (:func:`lungfuse.core.run.run_experiment`)
 into ``bench/results/tmp/real_cohorts/`` (git-ignored).
 
-The baselines then use the run folder itself, so they see exactly what lungfuse saw:
+The classical baselines are lungfuse's own (``baselines:`` in the ``default`` variant's
+config, ``lungfuse.plugins.baselines``): lungfuse fits them inside the run, so they see
+exactly what the fused model saw:
 
-- the folds: ``splits.parquet`` (seed, fold, split of every patient);
-- the features: ``features/clinical/seed<S>-fold<K>.parquet``, imputed / scaled / one-hot
-  encoded with numbers fitted on that fold's training patients only.
+- the folds: the run's split table (seed, fold, split of every patient);
+- the features: the clinical modality's train-fitted feature tables
+  (``features/clinical/seed<S>-fold<K>.parquet``: imputed / scaled / one-hot encoded with
+  numbers fitted on that fold's training patients only), used as they are
+  (``standardize: false``), columns constant among the training patients dropped.
 
-Each baseline is fitted on the fold's train + val patients and scores its test patients;
+Each baseline is fitted on the fold's non-test patients and scores its test patients;
 every choice it makes (C, alpha, l1_ratio) is made by an inner cross-validation within
-those training patients. No test patient enters any fit or any choice.
+those training patients. No test patient enters any fit or any choice. This script fits
+nothing itself: it reads the baselines' figures from the run folder (``metrics.json``,
+block ``baselines``, scored from ``baselines/predictions.parquet``).
 
-- binary: ``LogisticRegressionCV`` (L2; C by inner 5-fold CV on AUROC);
-- survival: ``CoxnetSurvivalAnalysis`` (elastic net, l1_ratio ∈ {0.1, 0.5, 0.9} and alpha
-  on one path, both by inner 5-fold CV on Harrell's C), ``CoxPHSurvivalAnalysis`` with a
-  fixed small ridge (alpha = 0.1) and ``RandomSurvivalForest`` (100 trees, 50 on FLCHAIN
-  with at most 2,000 patients per tree).
+- binary: ``logreg`` (L2 ``LogisticRegressionCV``; C by inner 5-fold CV on AUROC);
+- survival: ``coxnet`` (elastic net, l1_ratio ∈ {0.1, 0.5, 0.9} and alpha on one path,
+  both by inner 5-fold CV on Harrell's C), ``coxph`` with a fixed small ridge
+  (alpha = 0.1) and ``rsf`` (100 trees, 50 on FLCHAIN with at most 2,000 patients per
+  tree).
 
 Metrics per test fold: AUROC (binary, from lungfuse's ``prob_calibrated``) or Harrell's C
 (survival, from ``risk``), both with scikit-learn / scikit-survival. A model's figure is the
@@ -63,10 +69,8 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -213,7 +217,9 @@ def variant_label(name: str) -> str:
 
 def experiment_config(c: Cohort, data_dir: Path, runs_dir: Path, variant: str,
                       folds: int, seeds: list[int]) -> dict[str, Any]:
-    """The experiment config of cohort ``c`` with ``variant``'s settings applied."""
+    """The experiment config of cohort ``c`` with ``variant``'s settings applied; the
+    ``default`` variant also names the classical baselines, which lungfuse fits on the
+    same folds and features and reports in the run folder."""
     modality: dict[str, Any] = {"kind": MODALITY, "numeric": list(c.numeric),
                                 "categorical": list(c.categorical)}
     cfg: dict[str, Any] = {
@@ -228,6 +234,8 @@ def experiment_config(c: Cohort, data_dir: Path, runs_dir: Path, variant: str,
         "evaluation": {"folds": folds, "seeds": list(seeds), "bootstrap": 0},
         "output_dir": str(runs_dir),
     }
+    if variant == "default":
+        cfg["baselines"] = baseline_entries(c)
     ov = copy.deepcopy(VARIANTS[variant])
     modality.update(ov.pop("modality", {}))
     for sec, kv in ov.items():
@@ -343,152 +351,65 @@ def _y(c: Cohort, truth: Any, ids: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- baselines
-def _surv_y(t: Any, e: Any) -> Any:
-    from sksurv.util import Surv
-
-    return Surv.from_arrays(event=e.astype(bool), time=t.astype(float))
-
-
-def fit_logistic(x: Any, y: Any, seed: int) -> Callable[[Any], Any]:
-    """L2 logistic regression, C chosen by stratified inner 5-fold CV (AUROC)."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-
-    m = LogisticRegressionCV(Cs=np.logspace(-4, 4, 17),
-                             cv=StratifiedKFold(5, shuffle=True, random_state=seed),
-                             scoring="roc_auc", max_iter=10_000)
-    m.fit(x, y)
-    return lambda xt: m.predict_proba(xt)[:, 1]
+#: The classical baselines of a task, in table order: the display name (lungfuse's
+#: baseline ``name``, so metrics.json uses it as the key) and the lungfuse baseline
+#: settings. ``standardize: false``: the models see the clinical modality's features as
+#: they are (already imputed / standardised / one-hot on the training patients).
+BASELINES: dict[str, dict[str, dict[str, Any]]] = {
+    "binary": {"LogReg (L2, CV C)": {"kind": "logreg"}},
+    "survival": {"Coxnet (CV l1_ratio, alpha)": {"kind": "coxnet"},
+                 "CoxPH (ridge 0.1)": {"kind": "coxph", "alpha": 0.1},
+                 "RSF": {"kind": "rsf"}},
+}
+#: RSF on FLCHAIN-sized cohorts (> 3,000 patients): fewer, shallower trees on at most
+#: 2,000 patients each, to bound run time and memory
+RSF_LARGE = {"n_estimators": 50, "min_samples_leaf": 30, "max_samples": 2000}
 
 
-def fit_coxnet(x: Any, t: Any, e: Any, seed: int) -> Callable[[Any], Any]:
-    """Elastic-net Cox: for each l1_ratio in {0.1, 0.5, 0.9}, one alpha path (30 values) from
-    the training patients; (l1_ratio, alpha) chosen by inner 5-fold CV (stratified on the
-    event) on Harrell's C; refit on all training patients."""
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold
-    from sksurv.linear_model import CoxnetSurvivalAnalysis
-
-    y = _surv_y(t, e)
-    inner = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(x, e))
-    best: tuple[float, float, float] = (-1.0, 0.5, 0.0)
-    for l1 in (0.1, 0.5, 0.9):
-        path = CoxnetSurvivalAnalysis(l1_ratio=l1, n_alphas=30, alpha_min_ratio=0.01,
-                                      max_iter=100_000).fit(x, y).alphas_
-        scores = np.full((len(inner), len(path)), np.nan)
-        for i, (a, b) in enumerate(inner):
-            try:
-                m = CoxnetSurvivalAnalysis(l1_ratio=l1, alphas=path, max_iter=100_000)
-                m.fit(x[a], y[a])
-            except (ArithmeticError, ValueError):
-                continue
-            for j, alpha in enumerate(path):
-                scores[i, j] = fold_metric("survival", (t[b], e[b]),
-                                           m.predict(x[b], alpha=alpha))
-        mean = np.nanmean(scores, axis=0) if np.isfinite(scores).any() else None
-        if mean is None:
-            continue
-        j = int(np.nanargmax(mean))
-        if mean[j] > best[0]:
-            best = (float(mean[j]), l1, float(path[j]))
-    _, l1, alpha = best
-    m = CoxnetSurvivalAnalysis(l1_ratio=l1, alphas=[alpha], max_iter=100_000).fit(x, y)
-    return lambda xt: m.predict(xt)
-
-
-def fit_coxph(x: Any, t: Any, e: Any, seed: int) -> Callable[[Any], Any]:
-    """Cox proportional hazards with a small fixed ridge (alpha = 0.1), Efron ties."""
-    from sksurv.linear_model import CoxPHSurvivalAnalysis
-
-    m = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron", n_iter=200)
-    m.fit(x, _surv_y(t, e))
-    return lambda xt: m.predict(xt)
-
-
-def fit_rsf(x: Any, t: Any, e: Any, seed: int, large: bool = False) -> Callable[[Any], Any]:
-    """Random survival forest: 100 trees, leaves of >= 15 (FLCHAIN-sized cohorts: 50 trees
-    on at most 2,000 patients each, leaves of >= 30, to bound run time and memory)."""
-    from sksurv.ensemble import RandomSurvivalForest
-
-    kw: dict[str, Any] = ({"n_estimators": 50, "min_samples_leaf": 30, "max_samples": 2000}
-                          if large else {"n_estimators": 100, "min_samples_leaf": 15})
-    m = RandomSurvivalForest(max_features="sqrt", low_memory=True, n_jobs=1,
-                             random_state=seed, **kw)
-    m.fit(x, _surv_y(t, e))
-    return lambda xt: m.predict(xt)
+def baseline_entries(c: Cohort) -> list[dict[str, Any]]:
+    """The ``baselines:`` entries of cohort ``c``'s config: lungfuse fits them itself on
+    the run's folds and features (``lungfuse.plugins.baselines``)."""
+    out = []
+    for name, cfg in BASELINES[c.task].items():
+        e = {"name": name, **cfg, "standardize": False}
+        if cfg["kind"] == "rsf" and c.n > 3000:
+            e.update(RSF_LARGE)
+        out.append(e)
+    return out
 
 
 def baseline_names(task: str) -> list[str]:
     """The classical baselines of a task, in table order."""
-    if task == "binary":
-        return ["LogReg (L2, CV C)"]
-    return ["Coxnet (CV l1_ratio, alpha)", "CoxPH (ridge 0.1)", "RSF"]
+    return list(BASELINES[task])
 
 
-def run_baselines(c: Cohort, run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Fit every baseline on each fold's train+val patients, using the run's fold split and
-    its train-fitted feature table, and score the fold's test patients."""
-    import numpy as np
-    import pandas as pd
-
-    splits = pd.read_parquet(run_dir / "splits.parquet")
-    truth = c.table.set_index("patient_id")
-    names = baseline_names(c.task)
-    per_fold: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    # out-of-fold predictions per (model, seed), for the pooled figure
-    oof: dict[tuple[str, int], list[Any]] = {}
-    seconds: dict[str, float] = dict.fromkeys(names, 0.0)
-    large = c.n > 3000
-    for (seed, fold), s in splits.groupby(["seed", "fold"]):
-        feats = pd.read_parquet(run_dir / "features" / MODALITY / f"seed{seed}-fold{fold}.parquet")
-        tr_ids = s.loc[s["split"] != "test", "patient_id"]
-        te_ids = s.loc[s["split"] == "test", "patient_id"]
-        tr_ids = [p for p in tr_ids if p in feats.index]
-        te_ids = [p for p in te_ids if p in feats.index]
-        xtr_df = feats.loc[tr_ids]
-        keep = xtr_df.columns[xtr_df.std(ddof=0) > 0]  # constant among training patients
-        xtr = xtr_df[keep].to_numpy(float)
-        xte = feats.loc[te_ids, keep].to_numpy(float)
-        rs = int(seed) * 100 + int(fold)
-        fits: dict[str, Callable[[], Callable[[Any], Any]]]
-        if c.task == "binary":
-            fits = {names[0]: partial(fit_logistic, xtr, _y(c, truth, tr_ids), rs)}
-        else:
-            t_tr, e_tr = _y(c, truth, tr_ids)
-            fits = {names[0]: partial(fit_coxnet, xtr, t_tr, e_tr, rs),
-                    names[1]: partial(fit_coxph, xtr, t_tr, e_tr, rs),
-                    names[2]: partial(fit_rsf, xtr, t_tr, e_tr, rs, large)}
-        yte = _y(c, truth, te_ids)
-        line = []
-        for name, fit in fits.items():
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    score = np.asarray(fit()(xte), float)
-                    v = fold_metric(c.task, yte, score)
-                except Exception as err:  # noqa: BLE001 - recorded, the table shows nan
-                    print(f"    {name} failed on seed {seed} fold {fold}: {err}", flush=True)
-                    score = np.full(len(te_ids), np.nan)
-                    v = float("nan")
-            oof.setdefault((name, int(seed)), []).append(pd.Series(score, index=te_ids))
-            seconds[name] += time.perf_counter() - t0
-            per_fold[name].append({"seed": int(seed), "fold": int(fold), "value": v})
-            line.append(f"{name.split(' ')[0]} {v:.3f}")
-        print(f"    baselines seed {seed} fold {fold}: " + ", ".join(line), flush=True)
-    out = {}
-    for n in names:
-        out[n] = summarise(per_fold[n])
-        out[n]["seconds"] = round(seconds[n], 1)
-        pooled = []
-        for (m, _seed), parts in oof.items():
-            if m == n:
-                sc = pd.concat(parts)
-                pooled.append(fold_metric(c.task, _y(c, truth, sc.index), sc.to_numpy())
-                              if np.isfinite(sc.to_numpy()).all() else math.nan)
-        out[n]["pooled"] = float(np.mean(pooled)) if pooled else math.nan
-        out[n]["pooled_per_seed"] = pooled
+def read_baselines(c: Cohort, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-fold and pooled metric of every baseline, read from the run folder lungfuse
+    wrote (``metrics.json``'s ``baselines`` block, scored from
+    ``baselines/predictions.parquet``); nothing is fitted here. A baseline lungfuse
+    reports as failed gets NaN figures and its reason."""
+    key = "auroc" if c.task == "binary" else "harrell_c"
+    own = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    blocks = own.get("baselines") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in baseline_names(c.task):
+        b = blocks.get(name)
+        if not b or b.get("status") != "ok":
+            why = (b or {}).get("reason", "not in metrics.json")
+            print(f"    {name}: no figures ({why})", flush=True)
+            out[name] = {**summarise([]), "pooled": math.nan, "pooled_per_seed": [],
+                         "error": why}
+            continue
+        per_seed = b["metrics"]["per_seed"]
+        per_fold = [{"seed": int(s), "fold": int(f), "value": float(v[key])}
+                    for s, r in per_seed.items() for f, v in r["per_fold"].items()]
+        pooled = [float(r["overall"][key]["value"]) for r in per_seed.values()]
+        out[name] = summarise(per_fold)
+        out[name].update(pooled=float(sum(pooled) / len(pooled)), pooled_per_seed=pooled,
+                         seconds=b.get("seconds"),
+                         fold_summary=b["metrics"].get("fold_summary", {}).get(key))
+        print(f"    {name}: {out[name]['mean']:.3f} ± {out[name]['sd']:.3f} over "
+              f"{out[name]['folds']} folds (pooled {out[name]['pooled']:.3f})", flush=True)
     return out
 
 
@@ -590,25 +511,11 @@ def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int],
         sets = test_sets(run_dir)
         if folds_ref is None:
             folds_ref = sets
-            cache = WORK / "baselines" / f"{run_dir.name}.json"
-            if reuse and cache.is_file():
-                print(f"  baselines: reusing {cache.name}", flush=True)
-                got = json.loads(cache.read_text(encoding="utf-8"))
-                out["baselines"], out["baselines_seconds"] = got["baselines"], got["seconds"]
-            else:
-                print("  baselines on the same folds and features ...", flush=True)
-                t0 = time.perf_counter()
-                out["baselines"] = run_baselines(c, run_dir)
-                out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(cache.name + ".tmp")
-                tmp.write_text(json.dumps({"baselines": _jsonable(out["baselines"]),
-                                           "seconds": out["baselines_seconds"]}),
-                               encoding="utf-8")
-                tmp.replace(cache)
-            for b in out["baselines"].values():  # null (JSON) → nan
-                for k in ("mean", "sd", "pooled"):
-                    b[k] = math.nan if b.get(k) is None else b[k]
+            if v == "default":  # fitted by lungfuse in this run, on its folds and features
+                print("  baselines (from the run folder) ...", flush=True)
+                out["baselines"] = read_baselines(c, run_dir)
+                out["baselines_seconds"] = round(sum(
+                    b.get("seconds") or 0.0 for b in out["baselines"].values()), 1)
             out["folds_from"] = v
         r["same_test_folds"] = sets == folds_ref
         out["lungfuse"][v] = r
@@ -626,9 +533,9 @@ def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int],
             out["delta_default_minus_best_baseline"] = (
                 ok["default"]["mean"] - bl[out["best_baseline"]]["mean"])
     out["seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
-    # compute time of the cohort: its lungfuse runs and baselines, as measured when each ran
-    out["seconds"] = round(sum(x.get("seconds", 0.0) for x in ok.values())
-                           + out.get("baselines_seconds", 0.0), 1)
+    # compute time of the cohort: its lungfuse runs as measured when each ran (the default
+    # run's time includes its baselines, `baselines_seconds` of it)
+    out["seconds"] = round(sum(x.get("seconds", 0.0) for x in ok.values()), 1)
     return out
 
 
@@ -667,10 +574,12 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "lungfuse = the built-in `clinical` modality (covariates imputed / standardised / "
         "one-hot, fitted on each fold's training patients) → `concat` fusion head, trained "
-        "with the config's defaults unless a variant says otherwise. Baselines are fitted on "
+        "with the config's defaults unless a variant says otherwise. Baselines are lungfuse's "
+        "own (`baselines:` in the default variant's config), fitted inside that run on "
         "the **same folds** (the run's `splits.parquet`) and the **same train-fitted feature "
-        "tables** (`features/clinical/seed<S>-fold<K>.parquet`), on train + val patients; "
-        "their hyper-parameters are chosen by inner CV on those patients only.",
+        "tables** (`features/clinical/seed<S>-fold<K>.parquet`), on each fold's non-test "
+        "patients; their hyper-parameters are chosen by inner CV on those patients only. "
+        "The figures are read from the run folder (`metrics.json`, block `baselines`).",
         "",
         "| cohort | n | events / positives | lungfuse default | lungfuse default (pooled) "
         "| lungfuse best variant ⚠ | " + " | ".join(bl_cols) + " | best baseline "
@@ -731,6 +640,9 @@ def markdown(result: dict[str, Any]) -> str:
                          if tr else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Baselines", "",
+              "lungfuse's built-in baselines (`docs/baselines.md`), configured as "
+              "`baselines:` of the default variant with `standardize: false`, fitted by "
+              "`lungfuse run` and read here from its run folder:", "",
               "- LogReg: `LogisticRegressionCV` (L2, 17 values of C in 1e-4…1e4 by "
               "stratified inner 5-fold CV on AUROC).",
               "- Coxnet: `CoxnetSurvivalAnalysis`, l1_ratio ∈ {0.1, 0.5, 0.9} × a 30-value "
