@@ -375,6 +375,8 @@ def test_convert_cli_bad_input_exits_2_and_leaves_no_file(tmp_path: Path, capsys
     assert run_cli(["convert", str(expr), str(out), "--kind", "maf"]) == 2
     assert "lacks required column(s) Tumor_Sample_Barcode" in capsys.readouterr().err
     assert not out.exists()
+    assert run_cli(["convert", str(tmp_path / "missing.maf"), str(out)]) == 2
+    assert "missing.maf: no such file" in capsys.readouterr().err
 
 
 # -- direct reading == converted reading -----------------------------------------------------

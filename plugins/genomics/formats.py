@@ -581,6 +581,9 @@ def convert(source: Path, output: Path, kind: str = "auto",
     from lungfuse.core.atomic import atomic_path
 
     source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise DataError(f"{source}: no such file{' (a folder)' if source.is_dir() else ''}; "
+                        "give the downloaded .maf(.gz) or cBioPortal .txt file")
     if output.exists() and output.resolve() == source.resolve():
         raise DataError(f"{output}: the output would overwrite the input; choose another name")
     if output.is_dir():
