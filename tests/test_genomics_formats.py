@@ -175,6 +175,10 @@ def test_maf_bad_count_value_names_the_column(tmp_path: Path) -> None:
         MutationsModality(MutationsConfig(path=path, vaf_weighting=True)).available(
             cohort(), ctx(tmp_path))
     one_line(e, "badcount.maf", "'t_depth'", "deep")
+    cut = write(tmp_path / "cut.maf.gz", maf_text(CALLS).rsplit("\t", 12)[0] + "\n")
+    with pytest.raises(DataError) as e:  # a download cut short inside the last row
+        F.read_maf(cut, dict.fromkeys(F.MAF_REQUIRED, ""))
+    one_line(e, "cut.maf.gz", f"Expected {len(GDC_COLUMNS)} columns", "download the file again")
 
 
 # -- cBioPortal ----------------------------------------------------------------------------
@@ -288,6 +292,10 @@ def test_cbio_expression_bad_value_names_the_sample(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         F.CbioExpression(path).matrix()
     one_line(e, "bad.txt", "column 'S2'", "low")
+    twice = write(tmp_path / "twice.txt", "Hugo_Symbol\tS1\tS1\nEGFR\t1\t2\n")
+    with pytest.raises(DataError) as e:
+        F.CbioExpression(twice)
+    one_line(e, "twice.txt", "column 'S1' appears 2 times")
 
 
 def test_cbio_expression_trailing_tabs_and_crlf(tmp_path: Path) -> None:

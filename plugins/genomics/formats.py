@@ -216,7 +216,7 @@ def _parse_error(header: TextHeader, what: str, exc: BaseException) -> DataError
     m = re.search(r"CSV column #(\d+)", detail)
     if m and int(m.group(1)) < len(header.columns):
         detail = detail.replace(m.group(0), f"column {header.columns[int(m.group(1))]!r}")
-    return DataError(f"{header.path}: cannot read the {what} file ({detail}); fix that value "
+    return DataError(f"{header.path}: cannot read the {what} file ({detail}); fix that line "
                      "or download the file again")
 
 
@@ -237,7 +237,7 @@ def _batches(reader: pcsv.CSVStreamingReader, header: TextHeader,
 
 # -- mutations -----------------------------------------------------------------------------
 def open_maf(path: Path, required: Mapping[str, str], optional: Sequence[str] = (),
-             what: str = MAF_WHAT, ) -> tuple[TextHeader, pcsv.CSVStreamingReader]:
+             what: str = MAF_WHAT) -> tuple[TextHeader, pcsv.CSVStreamingReader]:
     """Stream the ``required`` columns ({name: why, e.g. '' or ' [needed for hotspots]'})
     and those of ``optional`` the file has, typed as :data:`MAF_TYPES`."""
     header = read_header(path, what)
