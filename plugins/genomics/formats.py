@@ -385,6 +385,7 @@ class CbioExpression:
         self.header = h
         self.stats: GeneRowStats | None = None
         self._genes: list[str] | None = None
+        self._schema: pa.Schema | None = None
         self._cache: tuple[tuple[str, ...] | None, list[str], np.ndarray, GeneRowStats] | None = None
 
     # -- streaming ---------------------------------------------------------------------
@@ -474,9 +475,12 @@ class CbioExpression:
 
     @property
     def schema(self) -> pa.Schema:
-        """The samples x genes table this file reads as."""
-        return pa.schema([(self.sample_column, pa.string())]
-                         + [(g, pa.float64()) for g in self.genes()])
+        """The samples x genes table this file reads as (built once: the feature code asks
+        for it often, and 20,000 fields take a moment)."""
+        if self._schema is None:
+            self._schema = pa.schema([(self.sample_column, pa.string())]
+                                     + [(g, pa.float64()) for g in self.genes()])
+        return self._schema
 
     def matrix(self, genes: Sequence[str] | None = None,
                ) -> tuple[list[str], np.ndarray, GeneRowStats]:
