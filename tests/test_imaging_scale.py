@@ -166,3 +166,51 @@ def test_ct_features_split_over_two_ranks_equal_one_process(
     assert len(files) == len(UIDS)  # each scan's row written once
     # each scan read (and segmented) by exactly one rank, both ranks working
     assert sorted(calls[0] + calls[1]) == UIDS and calls[0] and calls[1]
+
+
+def test_compile_key_follows_weights_shape_and_precision(checkpoint: Path,
+                                                         tmp_path: Path) -> None:
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.infer import compile_key
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint, save_checkpoint
+
+    fast = FastPath(batch_size=4)
+    a, meta = load_checkpoint(checkpoint)
+    b, _ = load_checkpoint(checkpoint)
+    shape = (4, 3, 64, 64)
+    key = compile_key(a, shape, fast)
+    assert compile_key(b, shape, fast) == key  # same weight file, another load: same key
+    with torch.no_grad():  # one weight changed in the file: a new key
+        next(iter(b.parameters())).view(-1)[0] += 1e-3
+    changed = save_checkpoint(tmp_path / "changed.pt", b, [], meta["slices"])
+    c, _ = load_checkpoint(changed)
+    assert compile_key(c, shape, fast) != key
+    assert compile_key(a, (8, 3, 64, 64), fast) != key
+    assert compile_key(a, shape, fast.model_copy(update={"bf16": False})) != key
+    assert compile_key(a, shape, fast.model_copy(update={"freeze": False})) != key
+
+
+def test_fast_path_uses_the_keyed_compile_cache_folder(checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the compiled graph is cached, without compiling (a compile of even the tiny
+    network takes minutes on the shared test machine; bench/infnet_speed.py measures the
+    cold and warm first call in fresh processes)."""
+    from lungfuse.plugins.imaging_infnet import infer
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "before"))
+    monkeypatch.setenv(infer.COMPILE_CACHE_ENV, str(tmp_path / "cc"))
+    model, meta = load_checkpoint(checkpoint)
+    p = infer.Predictor(model, meta["slices"], FastPath(batch_size=2))
+    folder = p.use_compile_cache()
+    assert folder == tmp_path / "cc" / p.compile_key and folder.is_dir()
+    assert Path(infer.os.environ["TORCHINDUCTOR_CACHE_DIR"]) == folder
+    other, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        next(iter(other.parameters())).view(-1)[0] += 1e-3
+    q = infer.Predictor(other, meta["slices"], FastPath(batch_size=2))
+    assert q.use_compile_cache() != folder
+    monkeypatch.setenv(infer.COMPILE_CACHE_ENV, "off")
+    r = infer.Predictor(load_checkpoint(checkpoint)[0], meta["slices"], FastPath(batch_size=2))
+    assert r.use_compile_cache() is None

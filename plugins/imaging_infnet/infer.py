@@ -12,14 +12,28 @@ channels_last unless ``channels_last: false`` (the same arithmetic in another me
 layout, which oneDNN's convolutions run about 20% faster at batch 1 on a CPU;
 ``bench/infnet_speed.py``). The caller's model is then left as it was. With compile on,
 inductor's freezing does the folding, and channels_last is applied to the model in place.
+
+Compile cache (:func:`compile_key`, :func:`compile_cache_dir`): the compiled fast path is
+kept in inductor's own on-disk caches (FX graph and AOTAutograd caches, the generated C++
+or Triton code), pointed at a lungfuse folder per key: a hash of the weights, the input
+shape, the precision, the switches that change the graph, the torch version and the
+CPU/GPU kind. A second process with the same key skips inductor's lowering and code
+generation; a changed weight file is a new key and compiles afresh. The folder is local
+to the user (``$LUNGFUSE_COMPILE_CACHE``, default ``~/.cache/lungfuse/compile``) and never
+beside a checkpoint: its entries are compiled code, so lungfuse only reuses what this
+machine's own processes wrote. ``LUNGFUSE_COMPILE_CACHE=off`` leaves inductor's defaults.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +67,77 @@ def fold_batchnorm(model: InfNet) -> InfNet:
     return m
 
 
+COMPILE_CACHE_ENV = "LUNGFUSE_COMPILE_CACHE"
+
+
+def device_kind(device: str = "cpu") -> dict[str, str]:
+    """What compiled code depends on besides the graph: for a CPU, its model name and the
+    vector ISA torch dispatches to (AVX2, AVX512, AMX ...); for a GPU, its name and
+    compute capability."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        cap = ".".join(map(str, torch.cuda.get_device_capability(idx)))
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(idx), "capability": cap}
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((ln.split(":", 1)[1].strip() for ln in fh
+                         if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"kind": "cpu", "name": name, "machine": platform.machine(),
+            "isa": torch.backends.cpu.get_cpu_capability()}
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and bytes of every tensor)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def compile_key(model: torch.nn.Module, input_shape: Sequence[int], fast: FastPath,
+                device: str = "cpu") -> str:
+    """The compile cache key: weights digest, input shape, precision (bf16 / float32 /
+    int8), the switches that change the compiled graph (freezing, channels_last), the
+    torch version and :func:`device_kind`. Any change gives a new key (a new folder)."""
+    precision = "int8" if getattr(fast, "precision", None) == "int8" else \
+        ("bf16" if fast.bf16 else "fp32")
+    blob = json.dumps({"weights": weights_digest(model), "shape": [int(v) for v in input_shape],
+                       "precision": precision, "freeze": fast.freeze,
+                       "channels_last": fast.channels_last, "torch": torch.__version__,
+                       "device": device_kind(device)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def compile_cache_root() -> Path | None:
+    """The lungfuse compile cache folder (``None``: ``LUNGFUSE_COMPILE_CACHE=off``)."""
+    raw = os.environ.get(COMPILE_CACHE_ENV, "")
+    if raw.strip().lower() in ("off", "0", "false", "none"):
+        return None
+    if raw:
+        return Path(raw).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lungfuse" / "compile"
+
+
+def compile_cache_dir(key: str) -> Path | None:
+    """The folder of one key's inductor caches (created), or ``None`` when off."""
+    root = compile_cache_root()
+    if root is None:
+        return None
+    d = root / key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 class Predictor:
     """Wraps an :class:`InfNet` for inference (eval mode, no grad)."""
 
@@ -66,6 +151,9 @@ class Predictor:
         if self.fast.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._net: torch.nn.Module = self.model
+        self.compile_key: str | None = None
+        self.compile_cache: Path | None = None
+        self._cache_pending = compiled
         if self.fast.enabled:
             if self.fast.compile:
                 try:
@@ -84,12 +172,29 @@ class Predictor:
 
     def _compile_ctx(self):
         """Inductor settings for the (lazy) compilation on the first call: freezing folds
-        BatchNorm into the convolutions and pre-packs weights for inference."""
-        if self.fast.enabled and self.fast.compile and self.fast.freeze:
+        BatchNorm into the convolutions and pre-packs weights for inference; the FX graph
+        cache lives in this model's keyed folder (:func:`use_compile_cache`)."""
+        if self.fast.enabled and self.fast.compile:
             import torch._inductor.config as inductor_config
 
-            return inductor_config.patch(freezing=True)
+            if self.compile_cache is None and self._cache_pending:
+                self.use_compile_cache()
+            patch = {"freezing": True} if self.fast.freeze else {}
+            if self.compile_cache is not None:
+                patch["fx_graph_cache"] = True
+            return inductor_config.patch(**patch)
         return nullcontext()
+
+    def use_compile_cache(self, device: str = "cpu") -> Path | None:
+        """Point inductor's on-disk caches at this model's keyed folder (once, before the
+        first compiled call); returns the folder (``None`` when the cache is off)."""
+        self._cache_pending = False
+        s = self.slices.img_size
+        self.compile_key = compile_key(self.model, (self.batch_size, 3, s, s), self.fast, device)
+        self.compile_cache = compile_cache_dir(self.compile_key)
+        if self.compile_cache is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.compile_cache)
+        return self.compile_cache
 
     def _prep(self, x01: torch.Tensor) -> torch.Tensor:
         x = standardise(x01.float(), self.model.input_mean, self.model.input_std)
