@@ -214,3 +214,33 @@ def test_fast_path_uses_the_keyed_compile_cache_folder(checkpoint: Path, tmp_pat
     monkeypatch.setenv(infer.COMPILE_CACHE_ENV, "off")
     r = infer.Predictor(load_checkpoint(checkpoint)[0], meta["slices"], FastPath(batch_size=2))
     assert r.use_compile_cache() is None
+
+
+@pytest.mark.parametrize("precision,dtype", [("32-true", torch.float32),
+                                             ("bf16-mixed", torch.bfloat16)])
+def test_segmenter_training_runs_in_the_configured_precision(
+        tree: Path, tmp_path: Path, precision: str, dtype: torch.dtype) -> None:
+    import lightning as L
+
+    from lungfuse.plugins.imaging_infnet import ctio
+    from lungfuse.plugins.imaging_infnet.config import SliceSettings, TrainSettings
+    from lungfuse.plugins.imaging_infnet.dataset import build_pool
+    from lungfuse.plugins.imaging_infnet.train import fit
+
+    seen: list[torch.dtype] = []
+
+    class Watch(L.Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            pl_module.model.register_forward_hook(
+                lambda mod, inp, out: seen.append(out[0].dtype) if mod.training else None)
+
+    cases = ctio.load_cases([(u, p) for u, p in sorted(ctio.find_volumes(tree).items())][:2],
+                            ctio.read_annotations(tree / "annotations.csv"), tree / "masks")
+    s = SliceSettings(img_size=64)
+    ts = TrainSettings(backbone="test_resnet", channel=8, epochs=1, batch_size=4,
+                       multiscale=[1.0], val_fraction=0.0, max_slices=8, precision=precision)
+    module, ck = fit(build_pool(cases, s, 0.25, seed=0, max_slices=8), None, s, ts,
+                     tmp_path / "out", [], progress=False, callbacks=[Watch()])
+    assert seen and set(seen) == {dtype}
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())  # master weights
+    assert ck.exists()

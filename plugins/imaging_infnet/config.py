@@ -159,6 +159,11 @@ class TrainSettings(_Section):
     seed: int = 0
     num_workers: int = Field(default=0, ge=0)
     max_slices: int | None = Field(default=None, ge=1, description="Cap on the slice pool.")
+    precision: Literal["32-true", "bf16-mixed"] = Field(
+        default="32-true", description="Lightning precision of segmenter training: "
+        "bf16-mixed runs forward and backward under bf16 autocast with float32 weights "
+        "(fast on CPUs with AMX and on GPUs; slower than float32 on CPUs without bf16 "
+        "matrix units, bench/results/infnet_speed_scale.md).")
 
 
 class FastPath(_Section):

@@ -184,6 +184,7 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
             logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=max_epochs or settings.epochs, accelerator="cpu", devices=1,
+        precision=settings.precision,
         gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb, *callbacks],
         enable_progress_bar=enabled(progress), enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1, deterministic=False, num_sanity_val_steps=0,
