@@ -214,7 +214,7 @@ def test_missing_inputs_are_said_and_required_ones_stop_brock() -> None:
     assert "over the values the missing inputs could take" in sec.paragraphs[0]
     assert sec.lead_missing == ["sex (Brock)", "family history (Brock)"]
     # no age at all: Brock is not computed (never a silent zero); Lung-RADS still is
-    none = brock_section(_ct(), pd.Series(dtype=object), BrockSettings(age=None), "P3")
+    none = brock_section(_ct(), pd.Series(dtype=object), BrockSettings(age_column=None), "P3")
     assert none.lead.startswith("Brock (PanCan) not computed, Lung-RADS 4X")
     assert any("age (years)" in p and "missing" in p for p in none.paragraphs)
     assert "age (Brock)" in none.lead_missing and "0.0%" not in " ".join(none.paragraphs)
@@ -222,7 +222,7 @@ def test_missing_inputs_are_said_and_required_ones_stop_brock() -> None:
 
 def test_an_emphysema_column_overrides_the_measured_call() -> None:
     row = pd.Series({"age": 64, "sex": "M", "family_history": "no", "copd_read": "yes"})
-    sec = brock_section(_ct(), row, BrockSettings(emphysema="copd_read"))
+    sec = brock_section(_ct(), row, BrockSettings(emphysema_column="copd_read"))
     t = sec.table.set_index("input")
     assert t.loc["emphysema", "value"] == "yes"
     assert t.loc["emphysema", "source"] == "given in the clinical table"
@@ -295,9 +295,11 @@ def test_the_ct_hook_brings_the_brock_section_for_each_patient_of_a_batch(fitted
         assert t.loc["age (years)", "source"] == "given in the clinical table"
     assert out["P0"].more[0].lead.startswith("Brock (PanCan) ") and \
         "not computed" not in out["P0"].more[0].lead
-    assert any(p.startswith("Not computed: Brock model: age 5") for p in out["P1"].more[0].paragraphs)
+    assert any(p.startswith("Not computed: Brock model: age 5")
+               for p in out["P1"].more[0].paragraphs)
     assert "patient P1: Brock model: age 5 is outside" in caplog.text
-    assert out["P2"].more[0].lead_missing == ["family history (Brock)"]
+    assert "family history (Brock)" in out["P2"].more[0].lead_missing  # blank in the table
+    assert "family history (Brock)" not in out["P0"].more[0].lead_missing
     plug.config.brock.enabled = False
     try:
         assert plug.patient_section({"id": "P0"}, rows.loc["P0"], tmp_path).more == []
@@ -318,3 +320,87 @@ def test_lead_sentence_orders_risk_references_and_what_was_missing() -> None:
     assert lead_sentence({"risk": 0.2, "missing": []}, True, [], []).endswith(
         "; nothing missing.")
     assert "log relative hazard" in lead_sentence({"risk": 1.3, "missing": []}, False, [], [])
+
+
+# -- the whole page, through core, in headless Chromium ------------------------------------------
+def _dom(page) -> str:
+    """The page's text after load in headless Chromium (tags stripped)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from browser import chromium
+
+    with tempfile.TemporaryDirectory() as profile:
+        res = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
+             page.as_uri()], capture_output=True, text=True, encoding="utf-8",
+            errors="replace", timeout=60)
+    return " ".join(re.sub(r"<[^>]+>", " ", res.stdout).split())
+
+
+def test_page_leads_with_the_sentence_and_shows_the_brock_section(tmp_path) -> None:
+    """A run of a toy modality whose page hook hands over the CT modality's Brock section
+    (built from phantom measurements): core puts the leading sentence first, the section
+    after its parent, and Chromium renders it with every figure loaded."""
+    pytest.importorskip("torch")
+    from browser import chromium, render_counts
+    from test_pipeline import FakeModality, config, make_data, run
+
+    from lungfuse.core.contracts import ModalitySection
+    from lungfuse.core.scoring import score_patients
+
+    class PagedFake(FakeModality):
+        def patient_section(self, patient, row, workdir):
+            sec = ModalitySection("Nodule", paragraphs=["toy nodule"])
+            sec.add_figure(_png(), "toy nodule")
+            sec.more.append(brock_section(_ct(), row, BrockSettings(), str(patient["id"])))
+            return sec
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_data(root)
+    clin = pd.read_parquet(root / "clinical.parquet")
+    clin["sex"] = "F"
+    clin.to_parquet(root / "clinical.parquet")
+    cfg = config(root, "binary", "gated", output_dir=str(tmp_path / "runs"))
+    run_dir = run(cfg).run_dir
+    have = set(pd.read_parquet(root / "fake.parquet").index)
+    pid = next(i for i in sorted(clin.patient_id) if i in have)
+    spec = {"patients": [{"id": pid}], "clinical": str(root / "clinical.parquet")}
+    res = score_patients(run_dir, spec, tmp_path / "scores", plugins=[PagedFake], progress=False)
+    s = res.patients[0]
+    page = res.folder / s["page"]
+    text = page.read_text(encoding="utf-8")
+    risk = f"lungfuse fused risk {s['risk']:.3f}"
+    order = [text.index(x) for x in (risk, "Brock (PanCan) ", "Lung-RADS 4X",
+                                      "; missing: ", "family history (Brock).</b>",
+                                      "<h2>Risk</h2>",
+                                      "<h2>Nodule</h2>", f"<h2>{SECTION_TITLE}</h2>")]
+    assert order == sorted(order)  # the sentence first (risk, Brock, Lung-RADS, missing)
+    if chromium() is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    images, loaded = render_counts(page)
+    assert images >= 3 and loaded == images
+    shown = _dom(page)
+    assert shown.index(risk) < shown.index("Brock (PanCan) and Lung-RADS")
+    assert "Lung-RADS v2022" in shown and "measured from CT" in shown
+    assert "given in the clinical table" in shown and "missing (assumed no)" in shown
+
+
+def _png() -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(_chest()[0].array[30], cmap="gray")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

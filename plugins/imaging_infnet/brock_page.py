@@ -60,10 +60,10 @@ def clinical_inputs(row: Mapping[str, Any], settings: BrockSettings
     values: dict[str, Any] = {}
     how: dict[str, str] = {}
     for name in _CLINICAL:
-        col = getattr(settings, name)
+        col = getattr(settings, f"{name}_column")
         if col is None:
             if name != "emphysema":
-                how[name] = "no clinical column configured (infnet brock." + name + ")"
+                how[name] = f"no clinical column configured (infnet brock.{name}_column)"
             continue
         if col not in row.keys():
             how[name] = f"the clinical table has no column '{col}'"
@@ -115,8 +115,8 @@ def brock_section(ct: CtBrockInputs, row: Mapping[str, Any], settings: BrockSett
     for name in BROCK_INPUTS:
         if name in given and given[name] is not None:
             if name == "emphysema" and ct.emphysema is not None:
-                how[name] = (f"clinical table, column '{settings.emphysema}' (overrides the "
-                             f"CT's {ct.how.get('emphysema', 'measure')})")
+                how[name] = (f"clinical table, column '{settings.emphysema_column}' "
+                             f"(overrides the CT's {ct.how.get('emphysema', 'measure')})")
             values[name] = given[name]
             source[name] = "given in the clinical table"
         elif values.get(name) is not None:

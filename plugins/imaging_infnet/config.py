@@ -186,19 +186,23 @@ class FastPath(_Section):
 class BrockSettings(_Section):
     """Where the patient page's Brock (PanCan) section takes the inputs the CT cannot give.
 
-    Each entry names a column of the scoring input's clinical table (None: not read, so the
-    input is missing). The defaults are the synthetic cohort's column names. A column the
-    table lacks, or a blank value, is a missing input and the page says so; ``emphysema``
-    is read only to override the CT's measured LAA-950 call (a radiologist's read)."""
+    Each ``*_column`` names a column of the scoring input's clinical table (None: not
+    read, so the input is missing). The defaults are the synthetic cohort's column names.
+    A column the table lacks, or a blank value, is a missing input and the page says so;
+    ``emphysema_column`` is read only to override the CT's measured LAA-950 call (a
+    radiologist's read)."""
 
     enabled: bool = Field(default=True, description="Show the Brock (PanCan) and Lung-RADS "
                           "section on the patient page.")
-    age: str | None = Field(default="age", description="Column of age in years.")
-    sex: str | None = Field(default="sex", description="Column of sex (F/M, female/male).")
-    family_history: str | None = Field(default="family_history", description="Column of "
-                                       "family history of lung cancer (yes/no, 1/0).")
-    emphysema: str | None = Field(default=None, description="Column of a radiologist's "
-                                  "emphysema call (yes/no), overriding the CT's LAA-950.")
+    age_column: str | None = Field(default="age", description="Column of age in years.")
+    sex_column: str | None = Field(default="sex", description="Column of sex (F/M, "
+                                   "female/male).")
+    family_history_column: str | None = Field(
+        default="family_history", description="Column of family history of lung cancer "
+        "(yes/no, 1/0).")
+    emphysema_column: str | None = Field(
+        default=None, description="Column of a radiologist's emphysema call (yes/no), "
+        "overriding the CT's LAA-950.")
 
 
 class SegmentConfig(_Section):
