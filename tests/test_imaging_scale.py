@@ -244,3 +244,41 @@ def test_segmenter_training_runs_in_the_configured_precision(
     assert seen and set(seen) == {dtype}
     assert all(p.dtype == torch.float32 for p in module.model.parameters())  # master weights
     assert ck.exists()
+
+
+def test_int8_switch_quantises_or_says_what_is_missing(checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from lungfuse.core.errors import ConfigError
+    from lungfuse.plugins.imaging_infnet import infer
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    calib = torch.rand(3, 3, 64, 64)
+    # off (the default): no quantisation, bf16 autocast as before
+    p = infer.Predictor(model, meta["slices"], FastPath(batch_size=2, compile=False))
+    assert not p.quantised and isinstance(p._ctx(), torch.autocast)
+    with pytest.raises(ConfigError, match="calibration"):
+        infer.Predictor(model, meta["slices"], FastPath(batch_size=2, int8=True))
+    with pytest.raises(ConfigError, match="compile"):
+        infer.Predictor(model, meta["slices"], FastPath(int8=True, compile=False), calib)
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as on a machine without torchao
+    with pytest.raises(ConfigError, match="torchao"):
+        infer.Predictor(model, meta["slices"], FastPath(batch_size=2, int8=True), calib)
+    # chosen and available: the quantised network is the one predict() runs
+    seen = []
+
+    def fake_quantise(self, calibration):
+        seen.append(calibration.shape)
+        self.quantised = True
+        return lambda x: (x[:, :1],) * 4
+
+    monkeypatch.setattr(infer.Predictor, "_quantise", fake_quantise)
+    q = infer.Predictor(model, meta["slices"], FastPath(batch_size=2, int8=True), calib)
+    assert seen == [calib.shape] and q.quantised
+    assert isinstance(q._ctx(), infer.nullcontext)  # int8 replaces bf16 autocast
+    x = torch.rand(3, 3, 64, 64)
+    out = q.predict(x)
+    assert out.shape == (3, 64, 64)

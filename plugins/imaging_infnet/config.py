@@ -181,6 +181,10 @@ class FastPath(_Section):
                                  "or compile off): run a copy of the network with BatchNorm "
                                  "folded into the convolutions.")
     batch_size: int = Field(default=8, ge=1)
+    int8: bool = Field(default=False, description="Opt-in int8 inference (with compile): "
+                       "post-training quantisation (torchao PT2E, X86InductorQuantizer: int8 "
+                       "convolutions on VNNI/AMX) calibrated on training slices given to the "
+                       "predictor; needs the torchao package. Replaces bf16.")
 
 
 class BrockSettings(_Section):

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lungfuse.core.errors import ConfigError
+
 from .config import FastPath, SliceSettings
 from .ctio import Volume
 from .dataset import crop_box, standardise, volume_inputs
@@ -108,8 +110,7 @@ def compile_key(model: torch.nn.Module, input_shape: Sequence[int], fast: FastPa
     """The compile cache key: weights digest, input shape, precision (bf16 / float32 /
     int8), the switches that change the compiled graph (freezing, channels_last), the
     torch version and :func:`device_kind`. Any change gives a new key (a new folder)."""
-    precision = "int8" if getattr(fast, "precision", None) == "int8" else \
-        ("bf16" if fast.bf16 else "fp32")
+    precision = "int8" if fast.int8 else ("bf16" if fast.bf16 else "fp32")
     blob = json.dumps({"weights": weights_digest(model), "shape": [int(v) for v in input_shape],
                        "precision": precision, "freeze": fast.freeze,
                        "channels_last": fast.channels_last, "torch": torch.__version__,
@@ -141,10 +142,14 @@ def compile_cache_dir(key: str) -> Path | None:
 class Predictor:
     """Wraps an :class:`InfNet` for inference (eval mode, no grad)."""
 
-    def __init__(self, model: InfNet, slices: SliceSettings, fast: FastPath | None = None) -> None:
+    def __init__(self, model: InfNet, slices: SliceSettings, fast: FastPath | None = None,
+                 calibration: torch.Tensor | None = None) -> None:
+        """``calibration``: windowed training slices ``(n, 3, S, S)`` in [0, 1], needed
+        (and only used) with ``fast.int8``, to set the activations' int8 ranges."""
         self.slices = slices
         self.fast = fast or FastPath(enabled=False)
         compiled = self.fast.enabled and self.fast.compile
+        self.quantised = False
         self.model = model.eval()
         if self.fast.fold_batchnorm and not compiled:
             self.model = fold_batchnorm(self.model)
@@ -154,19 +159,61 @@ class Predictor:
         self.compile_key: str | None = None
         self.compile_cache: Path | None = None
         self._cache_pending = compiled
-        if self.fast.enabled:
+        if self.fast.enabled and self.fast.int8:
+            if not self.fast.compile:
+                raise ConfigError("fast.int8 needs fast.compile: true (the int8 kernels come "
+                                  "from inductor); turn compile on or int8 off")
+            self._net = self._quantise(calibration)
+        elif self.fast.enabled:
             if self.fast.compile:
                 try:
                     self._net = torch.compile(self.model, dynamic=False)
                 except Exception as exc:  # noqa: BLE001 - platform dependent
                     log.warning("torch.compile unavailable (%s); running eager", exc)
 
+    def _quantise(self, calibration: torch.Tensor | None) -> torch.nn.Module:
+        """Post-training static int8 quantisation: export the network, insert observers
+        (torchao's X86InductorQuantizer: int8 convolutions and linears, per-channel
+        weights), run the calibration slices through it, convert, and compile (inductor
+        lowers the quantised patterns to oneDNN int8 kernels)."""
+        if calibration is None or len(calibration) == 0:
+            raise ConfigError("fast.int8: no calibration slices; give the predictor training "
+                              "slices (never test scans), or set fast.int8: false")
+        try:
+            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+            from torchao.quantization.pt2e import move_exported_model_to_eval
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        except ImportError as exc:
+            raise ConfigError(f"fast.int8: int8 quantisation needs the torchao package "
+                              f"({exc}); `pip install torchao`, or set fast.int8: false") from None
+        bs = self.batch_size
+        batches = [self._pad(self._prep(calibration[i:i + bs]))
+                   for i in range(0, len(calibration), bs)]
+        exported = torch.export.export(self.model, (batches[0],)).module()
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for xb in batches:
+                prepared(xb)
+        converted = convert_pt2e(prepared)
+        move_exported_model_to_eval(converted)
+        self.quantised = True
+        return torch.compile(converted, dynamic=False)
+
+    def _pad(self, xb: torch.Tensor) -> torch.Tensor:
+        """A short last batch padded to the compiled graph's static batch size."""
+        n = xb.shape[0]
+        if n < self.batch_size:
+            xb = torch.cat([xb, xb[-1:].expand(self.batch_size - n, -1, -1, -1)])
+        return xb
+
     @property
     def batch_size(self) -> int:
         return self.fast.batch_size if self.fast.enabled else max(1, self.fast.batch_size)
 
     def _ctx(self):
-        if self.fast.enabled and self.fast.bf16:
+        if self.fast.enabled and self.fast.bf16 and not self.quantised:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -209,9 +256,8 @@ class Predictor:
         for i in range(0, x01.shape[0], self.batch_size):
             xb = self._prep(x01[i:i + self.batch_size])
             n = xb.shape[0]
-            if self.fast.enabled and self.fast.compile and n < self.batch_size:
-                # keep one static shape for the compiled graph
-                xb = torch.cat([xb, xb[-1:].expand(self.batch_size - n, -1, -1, -1)])
+            if self.fast.enabled and self.fast.compile:
+                xb = self._pad(xb)  # keep one static shape for the compiled graph
             with self._ctx(), self._compile_ctx():
                 maps = self._net(xb)
             out.append(torch.sigmoid(maps[3][:n, 0].float()))
