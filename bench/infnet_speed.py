@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -190,8 +191,238 @@ def phase_roofline(quick: bool) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- issue 15
+# ``--scale``: ranks, compile cache, bf16 training, int8, per-op profile; figures go to
+# bench/results/infnet_speed_scale.{md,json}. Small sizes: the host is shared.
+SCALE_DIR = Path(os.environ.get("INFNET_SCALE_TMP", "/tmp/infnet_scale_bench"))
+
+
+def _scale_tree(n_scans: int = 8, size: int = 128, depth: int = 24) -> Path:
+    """A synthetic CT tree (``synthetic.write_tree``, as ``lungfuse synth`` writes) and
+    its annotations, made once per bench run."""
+    from lungfuse.plugins.imaging_infnet import synthetic
+
+    root = SCALE_DIR / "ct"
+    if not (root / "annotations.csv").exists():
+        synthetic.write_tree(root, [f"scan{i:02d}" for i in range(n_scans)], seed=7,
+                             size=size, depth=depth)
+    return root
+
+
+def phase_ranks(quick: bool) -> dict:
+    """``lungfuse segment predict`` over 1 and 2 processes: wall time of the whole command
+    and of each rank's segmenting loop (res2net50d, untrained, 128 px, float32 eager)."""
+    import torch
+
+    from lungfuse.plugins.imaging_infnet.config import SliceSettings
+    from lungfuse.plugins.imaging_infnet.network import InfNet
+    from lungfuse.plugins.imaging_infnet.train import save_checkpoint
+
+    root = _scale_tree()
+    torch.manual_seed(0)
+    ck = save_checkpoint(SCALE_DIR / "res2net50d_128.pt", InfNet("res2net50d"), [],
+                         SliceSettings(img_size=128))
+    from lungfuse.plugins.imaging_infnet.ctio import find_volumes
+
+    n_scans = len(find_volumes(root))
+    out: dict = {"n_scans": n_scans, "slices_per_scan": 24, "img_size": 128}
+    for n in (1, 2):
+        cfg = SCALE_DIR / f"predict{n}.yaml"
+        cfg.write_text(json.dumps({"ct_root": str(root), "checkpoint": str(ck),
+                                   "out_dir": str(SCALE_DIR / f"pred{n}"), "overlays": False,
+                                   "fast": {"enabled": False}}), encoding="utf-8")
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "segment", "predict",
+                            str(cfg), "--processes", str(n), "--no-progress"],
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            out[f"p{n}_error"] = r.stderr.strip().splitlines()[-1:]
+            continue
+        rep = json.loads((SCALE_DIR / f"pred{n}" / "predict.json").read_text(encoding="utf-8"))
+        loop = max(rep["seconds_by_rank"].values())
+        out[f"p{n}"] = {"wall_s": wall, "segment_loop_s": loop,
+                        "seconds_by_rank": rep["seconds_by_rank"],
+                        "scans_per_s_loop": n_scans / loop, "scans_per_s_wall": n_scans / wall,
+                        "load_before": load, "load_after": os.getloadavg()[0]}
+    same = all(
+        (SCALE_DIR / "pred1" / "masks" / f.name).read_bytes() == f.read_bytes()
+        for f in (SCALE_DIR / "pred2" / "masks").glob("*.raw"))
+    out["masks_identical_1_vs_2"] = same
+    return out
+
+
+def phase_cache(quick: bool) -> dict:
+    """First compiled call in a fresh process with an empty (cold) and a filled (warm)
+    lungfuse compile cache, with and without inductor freezing."""
+    out: dict = {}
+    for freeze in (True, False):
+        cache = SCALE_DIR / f"compile-cache-freeze{int(freeze)}"
+        shutil.rmtree(cache, ignore_errors=True)
+        for run in ("cold", "warm"):
+            load = os.getloadavg()[0]
+            env = {**os.environ, "LUNGFUSE_COMPILE_CACHE": str(cache)}
+            r = subprocess.run([sys.executable, __file__, "--phase", "first_call",
+                                "--freeze", str(int(freeze))], capture_output=True, text=True,
+                               env=env)
+            if r.returncode:
+                out[f"freeze{int(freeze)}_{run}"] = {"error": r.stderr.strip()[-500:]}
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            res["load_before"] = load
+            out[f"freeze{int(freeze)}_{run}"] = res
+    return out
+
+
+def phase_first_call(quick: bool, freeze: bool = True) -> dict:
+    """One fresh process: res2net50d fast path at 352 px batch 8, time to the first
+    result (the compile, or the cache hit) and the steady speed after it."""
+    t0 = time.perf_counter()
+    import torch
+    from torch._dynamo.utils import counters
+
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.network import InfNet
+
+    torch.manual_seed(0)
+    p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
+                  FastPath(batch_size=8, freeze=freeze))
+    x = torch.rand(8, 3, SIZE, SIZE)
+    t_import = time.perf_counter() - t0
+    t = time.perf_counter()
+    p.predict(x)
+    first = time.perf_counter() - t
+    dt = _timeit(lambda: p.predict(x), 2, 0)
+    return {"import_and_build_s": t_import, "first_call_s": first, "steady_slices_s": 8 / dt,
+            "fxgraph_cache_hit": counters["inductor"].get("fxgraph_cache_hit", 0),
+            "fxgraph_cache_miss": counters["inductor"].get("fxgraph_cache_miss", 0),
+            "cache_dir": str(p.compile_cache)}
+
+
+def _small_split():
+    from lungfuse.plugins.imaging_infnet import ctio
+    from lungfuse.plugins.imaging_infnet.config import SliceSettings
+    from lungfuse.plugins.imaging_infnet.dataset import build_pool
+
+    root = _scale_tree()
+    vols = ctio.find_volumes(root)
+    uids = sorted(vols)
+    cases = ctio.load_cases([(u, vols[u]) for u in uids], ctio.read_annotations(
+        root / "annotations.csv"), root / "masks")
+    s = SliceSettings(img_size=128)
+    return s, build_pool(cases[:6], s, 0.5, seed=0), build_pool(cases[6:], s, 0.5, seed=0)
+
+
+def _dice(prob, y) -> float:
+    from lungfuse.plugins.imaging_infnet.metrics import segmentation_metrics
+
+    m = segmentation_metrics(prob, y)
+    pos = y.reshape(len(y), -1).any(1)
+    return float(m["dice"][pos].mean())
+
+
+def phase_train_precision(quick: bool) -> dict:
+    """Inf-Net (test_resnet backbone, 128 px) trained the same number of steps in float32
+    and in bf16-mixed on 6 synthetic scans: training slices/s and Dice@0.5 on 2 held-out
+    scans (float32 eager inference for both)."""
+    import torch
+
+    from lungfuse.plugins.imaging_infnet.config import FastPath, TrainSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.train import fit, save_checkpoint
+
+    s, train_pool, test = _small_split()
+    x = torch.stack([it.image.float() for it in test])
+    y = torch.stack([it.mask.float() for it in test])
+    out: dict = {"n_train_slices": len(train_pool), "n_test_slices": len(test)}
+    epochs = 3 if quick else 8
+    for prec in ("32-true", "bf16-mixed"):
+        ts = TrainSettings(backbone="test_resnet", channel=16, epochs=epochs, batch_size=8,
+                           lr=1e-3, multiscale=[1.0], precision=prec, augment=False)
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        module, _ = fit(train_pool, None, s, ts, SCALE_DIR / f"train_{prec}", [],
+                        progress=False)
+        dt = time.perf_counter() - t
+        model = module.model.eval()
+        steps = epochs * (len(train_pool) // 8)
+        out[prec] = {"train_s": dt, "steps": steps,
+                     "train_slices_s": epochs * len(train_pool) / dt,
+                     "dice_heldout": _dice(Predictor(model, s, FastPath(enabled=False))
+                                           .predict(x), y),
+                     "load_before": load}
+        if prec == "32-true":
+            save_checkpoint(SCALE_DIR / "small_fp32.pt", model, [], s)
+    return out
+
+
+def phase_int8(quick: bool) -> dict:
+    """The float32-trained small model: Dice on held-out slices and slices/s in float32
+    eager, the bf16 fast path and the int8 fast path (calibrated on training slices)."""
+    import torch
+
+    from lungfuse.core.errors import LungfuseError
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    s, train_pool, test = _small_split()
+    x = torch.stack([it.image.float() for it in test])
+    y = torch.stack([it.mask.float() for it in test])
+    calib = torch.stack([it.image.float() for it in train_pool])[:64]
+    out: dict = {"n_calibration_slices": len(calib)}
+    for name, fp in (("fp32", FastPath(enabled=False, batch_size=8)),
+                     ("bf16_fast", FastPath(batch_size=8)),
+                     ("int8_fast", FastPath(batch_size=8, int8=True))):
+        model, _ = load_checkpoint(SCALE_DIR / "small_fp32.pt")
+        t = time.perf_counter()
+        try:
+            p = Predictor(model, s, fp, calibration=calib)
+            prob = p.predict(x)
+        except (LungfuseError, Exception) as exc:  # noqa: BLE001 - reported, not raised
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            continue
+        first = time.perf_counter() - t
+        dt = _timeit(lambda p=p: p.predict(x), 2, 0)
+        out[name] = {"dice_heldout": _dice(prob, y), "slices_s": len(x) / dt,
+                     "first_call_s": first, "quantised": p.quantised}
+    return out
+
+
+def phase_profile(quick: bool) -> dict:
+    """Per-op time shares (torch.profiler, CPU self time) of res2net50d at 352 px,
+    batch 8, bf16 autocast + channels_last + BatchNorm folded (the fast path's arithmetic
+    without the compile, whose fused kernels hide the op names), and that run's speed."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.network import InfNet
+
+    torch.manual_seed(0)
+    p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
+                  FastPath(batch_size=8, compile=False))
+    x = torch.rand(8, 3, SIZE, SIZE)
+    p.predict(x)
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        p.predict(x)
+    wall = time.perf_counter() - t
+    ev = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in ev)
+    ev.sort(key=lambda e: -e.self_cpu_time_total)
+    return {"slices_s_profiled": 8 / wall, "wall_s": wall,
+            "ops": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
+                    for e in ev[:12]]}
+
+
 PHASES = {"eager": phase_eager, "fast": phase_fast, "train": phase_train, "dice": phase_dice,
-          "roofline": phase_roofline}
+          "roofline": phase_roofline, "ranks": phase_ranks, "cache": phase_cache,
+          "first_call": phase_first_call, "train_precision": phase_train_precision,
+          "int8": phase_int8, "profile": phase_profile}
 
 
 def _run_phase(name: str, quick: bool) -> dict:
@@ -207,14 +438,138 @@ def _run_phase(name: str, quick: bool) -> dict:
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh
+                         if ln.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def scale_report(res: dict, argv: str) -> str:
+    """The markdown page of the ``--scale`` figures (whatever phases finished)."""
+    import torch
+
+    def f(v, nd=2):
+        return f"{v:.{nd}f}" if isinstance(v, int | float) else "n/a"
+
+    rf, rk, cc = res.get("roofline", {}), res.get("ranks", {}), res.get("cache", {})
+    tp, q8, pr = res.get("train_precision", {}), res.get("int8", {}), res.get("profile", {})
+    isa = torch.backends.cpu.get_cpu_capability()
+    peak32, peak16 = rf.get("matmul_fp32_gflop_s"), rf.get("matmul_bf16_gflop_s")
+    lines = [
+        "# Inf-Net: scale of the CT stage (issue 15)", "",
+        f"`python bench/infnet_speed.py {argv}`", "",
+        f"Machine: {_cpu_model()} ({isa}; no AMX, no AVX-512 VNNI), {os.cpu_count()} cores, "
+        f"torch {torch.__version__}. Matmul roofline (4096², measured): float32 "
+        f"{f(peak32, 0)} GFLOP/s, bf16 {f(peak16, 0)} GFLOP/s. The host was shared with "
+        "other jobs (a long benchmark holds one core): the load average is given beside "
+        "each figure, and with load above the core count every figure is a lower bound.",
+        "", "## Ranks: `lungfuse segment predict --processes N`", "",
+        f"{rk.get('n_scans', 'n/a')} synthetic scans (128 px, 24 slices), res2net50d "
+        "(untrained), float32 eager. 'loop' is the slowest rank's segmenting time; 'wall' "
+        "the whole command (start-up and imports included).", "",
+        "| processes | loop (s) | scans/s (loop) | wall (s) | scans/s (wall) | load before/after |",
+        "|---|---|---|---|---|---|"]
+    for n in (1, 2):
+        r = rk.get(f"p{n}")
+        if r:
+            lines.append(f"| {n} | {f(r['segment_loop_s'], 1)} | {f(r['scans_per_s_loop'], 3)} "
+                         f"| {f(r['wall_s'], 1)} | {f(r['scans_per_s_wall'], 3)} | "
+                         f"{f(r['load_before'])}/{f(r['load_after'])} |")
+    if "masks_identical_1_vs_2" in rk:
+        lines += ["", f"Masks of 2 processes byte-identical to 1 process: "
+                      f"{rk['masks_identical_1_vs_2']}."]
+    lines += ["", "## Compile cache: first call in a fresh process", "",
+              "res2net50d fast path (bf16 autocast, channels_last, compile), 352 px, batch 8. "
+              "'cold': empty lungfuse compile cache; 'warm': a second process with the same "
+              "key.", "",
+              "| freezing | cache | first call (s) | FX graph cache hit/miss | steady slices/s "
+              "| load before |", "|---|---|---|---|---|---|"]
+    for fr in (1, 0):
+        for run in ("cold", "warm"):
+            r = cc.get(f"freeze{fr}_{run}")
+            if r and "error" not in r:
+                lines.append(f"| {'on' if fr else 'off'} | {run} | {f(r['first_call_s'], 1)} | "
+                             f"{r['fxgraph_cache_hit']}/{r['fxgraph_cache_miss']} | "
+                             f"{f(r['steady_slices_s'])} | {f(r['load_before'])} |")
+            elif r:
+                lines.append(f"| {'on' if fr else 'off'} | {run} | error: "
+                             f"{r['error'][-200:]} | | | |")
+    lines += ["", "## bf16-mixed training (Lightning `precision`)", "",
+              f"Inf-Net, test_resnet backbone, 128 px, {tp.get('n_train_slices', 'n/a')} "
+              f"training slices of 6 synthetic scans, equal steps; Dice@0.5 on "
+              f"{tp.get('n_test_slices', 'n/a')} slices of 2 held-out scans.", "",
+              "| precision | steps | training slices/s | held-out Dice@0.5 | load before |",
+              "|---|---|---|---|---|"]
+    for prec in ("32-true", "bf16-mixed"):
+        r = tp.get(prec)
+        if r:
+            lines.append(f"| {prec} | {r['steps']} | {f(r['train_slices_s'])} | "
+                         f"{f(r['dice_heldout'], 4)} | {f(r['load_before'])} |")
+    lines += ["", "## int8 post-training quantisation (`fast.int8`)", "",
+              f"The float32 model above; calibration on {q8.get('n_calibration_slices', 'n/a')} "
+              "training slices; the same held-out slices.", "",
+              "| inference | held-out Dice@0.5 | slices/s | first call (s) |", "|---|---|---|---|"]
+    for name in ("fp32", "bf16_fast", "int8_fast"):
+        r = q8.get(name)
+        if r and "error" not in r:
+            lines.append(f"| {name} | {f(r['dice_heldout'], 4)} | {f(r['slices_s'])} | "
+                         f"{f(r['first_call_s'], 1)} |")
+        elif r:
+            lines.append(f"| {name} | error: {r['error']} | | |")
+    gflop = 27.69  # res2net50d Inf-Net at 352 px (flop_counter, bench/results/infnet_speed.md)
+    lines += ["", "## Roofline and per-op time shares", ""]
+    if pr and peak16:
+        sp = pr["slices_s_profiled"]
+        lines += [f"res2net50d, 352 px, batch 8, bf16 autocast + channels_last, eager "
+                  f"(profiled run): {f(sp)} slices/s = {f(sp * gflop, 0)} GFLOP/s, "
+                  f"{sp * gflop / peak16:.0%} of the bf16 matmul roofline "
+                  f"(ceiling {f(peak16 / gflop, 1)} slices/s).", "",
+                  "| op (CPU self time) | share | calls |", "|---|---|---|"]
+        lines += [f"| {o['op']} | {o['share']:.1%} | {o['calls']} |" for o in pr["ops"]]
+    return "\n".join(lines) + "\n"
+
+
+def scale_main(args) -> None:
+    """Run the issue-15 phases one process each, saving figures after every phase."""
+    from lungfuse.core.atomic import write_json, write_text
+
+    phases = args.phases if args.phases != "roofline,eager,fast,train,dice" else \
+        "roofline,ranks,train_precision,int8,profile,cache"
+    out_json = HERE / "results" / "infnet_speed_scale.json"
+    res: dict = {}
+    if out_json.exists() and args.phases != "roofline,eager,fast,train,dice":
+        res = json.loads(out_json.read_text(encoding="utf-8"))  # add to earlier phases
+    argv = " ".join(sys.argv[1:])
+    res["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count()}
+    for ph in phases.split(","):
+        before = os.getloadavg()
+        res[ph] = _run_phase(ph, args.quick)
+        res[ph]["load_avg_before_after"] = [before[0], os.getloadavg()[0]]
+        print(ph, json.dumps(res[ph], indent=1, default=str), flush=True)
+        write_json(out_json, res)
+        write_text(HERE / "results" / "infnet_speed_scale.md", scale_report(res, argv))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=list(PHASES))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--phases", default="roofline,eager,fast,train,dice")
+    ap.add_argument("--scale", action="store_true", help="issue 15 figures: ranks, compile "
+                    "cache, bf16 training, int8, profile -> infnet_speed_scale.md")
+    ap.add_argument("--freeze", type=int, default=1)
     args = ap.parse_args()
+    if args.phase == "first_call":
+        print(json.dumps(phase_first_call(args.quick, bool(args.freeze))))
+        return
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.quick)))
+        return
+    if args.scale:
+        scale_main(args)
         return
     import torch
 

@@ -200,9 +200,12 @@ def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, processes:
         cfg.fast.enabled = False
     items = _selected(cfg)
     mine = rk.share(items, here, key=lambda it: it[0])
+    import time
+
     pred, _ = _predictor(cfg, checkpoint)
     written: list[str] = []
     skipped: dict[str, str] = {}
+    t0 = time.perf_counter()
     with rk.process_group(here) as dist:
         for uid, path in bar(mine, desc="segmenting", enabled=not no_progress and here.main):
             try:
@@ -218,15 +221,16 @@ def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, processes:
             if cfg.overlays:
                 _overlay(cfg.out_dir / "overlays" / f"{uid}.png", vol, prob, cfg.threshold)
             written.append(uid)
-        reports = rk.gather(dist, {"rank": here.rank, "written": written, "skipped": skipped},
-                            here)
+        reports = rk.gather(dist, {"rank": here.rank, "written": written, "skipped": skipped,
+                                   "seconds": time.perf_counter() - t0}, here)
     if not here.main:
         return
     done = sorted(u for r in reports for u in r["written"])
     write_json(cfg.out_dir / "predict.json", {
         "world_size": here.world, "n_scans": len(items), "written": done,
         "skipped": {u: m for r in reports for u, m in r["skipped"].items()},
-        "by_rank": {str(r["rank"]): r["written"] for r in reports}})
+        "by_rank": {str(r["rank"]): r["written"] for r in reports},
+        "seconds_by_rank": {str(r["rank"]): round(r["seconds"], 3) for r in reports}})
     click.echo(f"wrote {len(done)} mask(s) to {cfg.out_dir / 'masks'}"
                + (f" ({here.world} processes)" if here.world > 1 else ""))
 
