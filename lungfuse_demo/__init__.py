@@ -16,7 +16,11 @@ Steps (each timed; the timings are printed and saved to ``OUT/demo.json``):
    K-fold cross-validation, calibrated) with ``lungfuse run``;
 5. **ablate**: every modality subset with the chosen heads on the same splits;
 6. **score** the two new patients (one of them without genomics) with ``lungfuse score``;
-7. **reports**: ``report.html`` in the run and ablation folders and a page per patient.
+7. **survival example**: the same modalities predicting time to event (the cohort's
+   ``time`` counts months), with risk by year 1-6 from each fold's Breslow baseline and
+   its calibration per year in the run report; the two new patients scored with it get
+   their risk by year (mean and spread over the fold models) on their pages;
+8. **reports**: ``report.html`` in the run and ablation folders and a page per patient.
 
 Layout of ``OUT``::
 
@@ -27,6 +31,8 @@ Layout of ``OUT``::
     runs/<run>/      run folder with report.html
     runs/<ablation>/ ablation folder with report.html, ablation.md, ablation.png
     scores/          scores.parquet/json, report.html, patients/<id>.html
+    survival.yaml    the survival example's config; its run is runs/demo-survival-*/
+    scores_survival/ the new patients scored by it (risk by year on their pages)
     demo.json        where everything is and how long each step took
 """
 
@@ -188,6 +194,23 @@ def _experiment(out: Path, data: Path, checkpoint: Path, s: DemoSettings) -> dic
     }
 
 
+def _survival_experiment(exp: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The survival example: the fused model's config predicting time to event. The
+    synthetic cohort's ``time`` counts months, so horizons are years 1-6 (the default)."""
+    import copy
+
+    cfg = copy.deepcopy(exp)
+    cfg["name"] = "demo-survival"
+    cfg["task"] = {"kind": "survival", "time": "time", "event": "event"}
+    cfg["evaluation"] = {**cfg["evaluation"], "time_unit": "months"}
+    cfg["evaluation"].pop("calibration", None)  # binary only
+    if "baselines" in cfg:  # a classical Cox model beside it, on the same folds
+        cfg["baselines"] = ["coxnet"]
+    cfg["baselines"] = ["coxnet"]  # the survival task's classical baseline
+    cfg["output_dir"] = str(out / "runs")
+    return cfg
+
+
 def _score_input(out: Path, data: Path, clinical: Any, new: list[str]) -> Path:
     """The scoring input for the new patients: their CT (with the annotated nodule
     location where there is one) and the omics files, which cover whom they cover."""
@@ -319,6 +342,34 @@ def run_demo(out: str | os.PathLike[str], settings: DemoSettings | None = None,
                               "status": r.get("status", "scored"), "page": r.get("page")}
                              for r in scored]
 
+    with steps.step("survival example (risk by year)"):
+        from lungfuse.core.run import run_experiment
+        from lungfuse.core.scoring import score_patients
+
+        surv_cfg = _survival_experiment(exp, out)
+        atomic.write_text(out / "survival.yaml", yaml.safe_dump(surv_cfg, sort_keys=False))
+        srun = run_experiment(out / "survival.yaml", cache_dir=cache, progress=progress)
+        paths["survival_run"] = str(srun.run_dir)
+        paths["survival_report"] = str(srun.run_dir / "report.html")
+        summary["survival_metrics"] = {k: srun.metrics["overall"][k]
+                                       for k in ("harrell_c", "uno_c")}
+        summary["survival_calibration"] = [
+            {"horizon": h["label"], "estimable": h["estimable"],
+             "mean_predicted": h["over_folds"]["mean_predicted"]["mean"],
+             "observed": h["over_folds"]["observed"]["mean"],
+             "ici": h["over_folds"]["ici"]["mean"]}
+            for h in srun.metrics.get("horizons", [])]
+        sscored = score_patients(srun.run_dir, spec, out / "scores_survival",
+                                 progress=progress).patients
+        paths["survival_scores"] = str(out / "scores_survival")
+        paths["survival_pages"] = ", ".join(
+            str(out / "scores_survival" / sc["page"]) for sc in sscored if sc.get("page"))
+        summary["survival_scores"] = [
+            {"patient_id": r["patient_id"], "status": r.get("status"),
+             "risk_by_year": [{"horizon": h["label"], "mean": h["mean"], "min": h["min"],
+                               "max": h["max"]} for h in r.get("risk_by_year") or []]}
+            for r in sscored]
+
     with steps.step("write the reports"):
         from lungfuse.core.report import render_folder
 
@@ -355,12 +406,21 @@ def _echo_summary(r: DemoResult, echo: Callable[[str], None]) -> None:
             echo(f"  patient {sc['patient_id']}: not scored ({sc.get('status', 'error')})")
             continue
         echo(f"  patient {sc['patient_id']}: risk {sc['risk']:.3f} ± {sc['uncertainty']:.3f}{miss}")
+    sm = r.summary.get("survival_metrics")
+    if sm:
+        echo(f"  survival example, held-out Harrell's C {sm['harrell_c']['value']:.3f}; risk by "
+             "year:")
+    for sc in r.summary.get("survival_scores", []):
+        by = ", ".join(f"{h['horizon']} {h['mean']:.2f}" if h["mean"] is not None else
+                       f"{h['horizon']} n/a" for h in sc["risk_by_year"])
+        echo(f"    patient {sc['patient_id']}: {by or sc.get('status')}")
     echo("")
     echo("  timings (s):")
     for k, v in r.timings.items():
         echo(f"    {k:<42} {v:7.1f}")
     echo("")
-    for k in ("run_report", "ablation_report", "scores_report", "patient_pages", "figure"):
+    for k in ("run_report", "ablation_report", "scores_report", "patient_pages", "figure",
+              "survival_report", "survival_pages"):
         if k in r.paths:
             echo(f"  {k.replace('_', ' ')}: {r.paths[k]}")
     echo(f"  everything: {r.out / MARKER}")

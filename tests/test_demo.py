@@ -30,7 +30,7 @@ def test_every_step_is_timed_and_reported(demo) -> None:
     steps = ["synthesise the demo cohort", "train the Inf-Net segmenter",
              "extract CT features (per fold, cached)", "train the fused model (lungfuse run)",
              "ablation (modality subsets x heads)", "score two new patients (lungfuse score)",
-             "write the reports"]
+             "survival example (risk by year)", "write the reports"]
     assert list(res.timings) == steps + ["total"]
     saved = json.loads((res.out / "demo.json").read_text(encoding="utf-8"))
     assert saved["timings_s"] == res.timings
@@ -64,6 +64,22 @@ def test_new_patients_scored_with_what_they_have(demo) -> None:
         assert "ct" not in s["missing"]  # both new patients have a CT scan
     abl = pd.read_parquet(Path(res.paths["ablation"]) / "ablation.parquet")
     assert len(abl) == 7  # every non-empty subset of {ct, mutations, expression} x 1 head
+
+
+def test_survival_example_pages_show_risk_by_year(demo) -> None:
+    res, _ = demo
+    assert Path(res.paths["survival_report"]).is_file()
+    assert "Risk by year" in Path(res.paths["survival_report"]).read_text(encoding="utf-8")
+    scored = res.summary["survival_scores"]
+    assert [s["patient_id"] for s in scored] == res.summary["new_patients"]
+    for page in res.paths["survival_pages"].split(", "):
+        assert "Risk by year" in Path(page).read_text(encoding="utf-8")
+    for s in scored:
+        assert [h["horizon"] for h in s["risk_by_year"]] == [f"{y}y" for y in range(1, 7)]
+        ok = [h for h in s["risk_by_year"] if h["mean"] is not None]
+        assert ok and all(h["min"] <= h["mean"] <= h["max"] for h in ok)
+        means = [h["mean"] for h in ok]
+        assert means == sorted(means)  # a risk by a later year is never smaller
 
 
 def test_rerun_replaces_only_its_own_output(demo, tmp_path) -> None:
