@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field, ValidationError
@@ -54,9 +54,14 @@ __all__ = [
     "BaselineTarget",
     "FittedBaseline",
     "ResolvedBaseline",
+    "add_to_run",
+    "as_prediction_table",
     "available_baselines",
     "baseline_metrics",
+    "cli_lines",
     "design_matrix",
+    "fit_and_score",
+    "headline_of",
     "resolve_baselines",
     "run_baselines",
     "verdict",
@@ -66,7 +71,7 @@ log = logging.getLogger("lungfuse")
 
 #: Entry-point group of baseline plugins.
 BASELINE_GROUP = "lungfuse.baselines"
-#: Column that names the baseline in ``baselines/predictions.parquet``.
+#: File of the held-out baseline scores, in the run folder's ``baselines/``.
 PRED_FILE = "predictions.parquet"
 
 
@@ -446,15 +451,6 @@ def verdict(model_metrics: Mapping[str, Any], blocks: Mapping[str, Any],
                        f"difference (model - {label}) {ci} includes 0: a higher mean "
                        "only, not a shown difference.")
     return out
-
-
-@dataclass
-class BaselineRun:
-    """What a run or an ablation keeps of its baselines."""
-
-    predictions: Any
-    metrics: dict[str, Any] = field(default_factory=dict)
-    verdict: list[str] = field(default_factory=list)
 
 
 def add_to_run(baselines: Sequence[ResolvedBaseline], study: Any, run_dir: Any,

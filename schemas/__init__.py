@@ -196,8 +196,9 @@ class ExperimentConfigBase(Section):
         default_factory=list,
         description="Classical baselines fitted on the same folds and train-fitted features "
         "as the model and reported beside it: a name (`logreg`) or a mapping with `kind` "
-        "and its settings (`{kind: coxnet, l1_ratios: [0.5]}`); `lungfuse plugins` lists "
-        "them. Default: none.")
+        "and its settings (`{kind: coxnet, l1_ratios: [0.5]}`); built in: logreg (binary), "
+        "coxnet, coxph, rsf (survival), more through the lungfuse.baselines entry point "
+        "(docs/baselines.md). Default: none.")
 
     @model_validator(mode="after")
     def _unique_modality_names(self) -> ExperimentConfigBase:

@@ -63,7 +63,20 @@ def test_new_patients_scored_with_what_they_have(demo) -> None:
         assert ("Missing for this patient" in page) == bool(s["missing"])
         assert "ct" not in s["missing"]  # both new patients have a CT scan
     abl = pd.read_parquet(Path(res.paths["ablation"]) / "ablation.parquet")
-    assert len(abl) == 7  # every non-empty subset of {ct, mutations, expression} x 1 head
+    # every non-empty subset of {ct, mutations, expression, clinical} x 1 head, and the
+    # logreg baseline on all four
+    assert len(abl) == 16
+    assert abl.loc[abl["baseline"], "variant"].tolist() == \
+        ["ct+mutations+expression+clinical | logreg (baseline)"]
+    assert "clinical" in set(abl["modalities"])
+
+
+def test_the_run_has_its_baseline_beside_it(demo) -> None:
+    res, lines = demo
+    assert set(res.summary["baselines"]) == {"logreg"}
+    assert any(line.startswith("  baseline logreg (same folds and features)") for line in lines)
+    report = (Path(res.paths["run"]) / "report.html").read_text(encoding="utf-8")
+    assert "Model beside classical baselines" in report
 
 
 def test_survival_example_pages_show_risk_by_year(demo) -> None:
