@@ -213,7 +213,6 @@ def _survival_experiment(exp: dict[str, Any], out: Path) -> dict[str, Any]:
     cfg["evaluation"].pop("calibration", None)  # binary only
     if "baselines" in cfg:  # a classical Cox model beside it, on the same folds
         cfg["baselines"] = ["coxnet"]
-    cfg["baselines"] = ["coxnet"]  # the survival task's classical baseline
     cfg["output_dir"] = str(out / "runs")
     return cfg
 
