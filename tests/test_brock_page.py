@@ -159,11 +159,17 @@ def test_lung_mask_and_emphysema_from_a_low_attenuation_patch() -> None:
     assert ct.size_mm is None and ct.how["size_mm"] == "no nodule found on the scan"
 
 
-def test_a_fallback_ball_is_no_measurement() -> None:
+def test_where_the_segmenter_found_nothing_the_nodule_is_measured_by_hu() -> None:
     vol, _ = _chest()
     ball = _ball(LEFT_MID, 5.0)
-    nod = _nodule(_with(vol, ball, 30.0), ball, LEFT_MID)
+    ggo = _with(vol, ball, -600.0)
+    nod = _nodule(ggo, _ball(LEFT_MID, 8.0), LEFT_MID)  # the annotated ball: too big
     nod.features["seg_fallback"] = 1.0
+    ct = measure_brock_inputs(ggo, nod, count=1, annotated_diameter_mm=16.0)
+    assert ct.size_mm == pytest.approx(10.0, abs=0.8) and "size_mm" in ct.measured()
+    assert ct.nodule_type == "non-solid" and ct.spiculation is False
+    assert "HU threshold (-700 HU" in ct.how["size_mm"] and any("-700 HU" in n for n in ct.notes)
+    # nothing above -700 HU there either: the ball is no measurement
     ct = measure_brock_inputs(vol, nod, count=1, annotated_diameter_mm=9.5)
     assert ct.size_mm == 9.5 and "size_mm" in ct.given and "size_mm" not in ct.measured()
     assert ct.nodule_type is None and ct.spiculation is None

@@ -37,9 +37,12 @@ model's probability beside the fused risk and say, input by input, what was meas
   the body, the table's foam), components of at least a tenth of the largest kept, holes
   filled slice by slice (vessels and nodules inside the lungs count as lung).
 
-Where the segmenter found nothing at the nodule (``seg_fallback``), the mask is the
-annotated ball, not a measurement: size is then the annotated diameter (given, not
-measured), type and spiculation are missing. Age, sex and family history are never on the
+Where the segmenter found nothing at the nodule (``seg_fallback``), its mask is the
+annotated ball, not a measurement; the nodule is then measured on the voxels at or above
+-700 HU (:data:`FALLBACK_HU`: ground glass included, aerated lung not) connected to its
+centre within the given diameter + 2 mm, and the page says so (spicules beyond that reach
+are cut off). When not even that finds tissue, size is the annotated diameter (given, not
+measured) and type and spiculation are missing. Age, sex and family history are never on the
 CT: :mod:`.brock_page` takes them from the clinical table.
 """
 
@@ -53,7 +56,7 @@ import numpy as np
 from .ctio import Volume
 from .features import SOLID_HU, Nodule
 
-__all__ = ["CtBrockInputs", "LUNG_AIR_HU", "NON_SOLID_MAX_FRACTION", "SOLID_MIN_FRACTION",
+__all__ = ["CtBrockInputs", "FALLBACK_HU", "FALLBACK_MARGIN_MM", "LUNG_AIR_HU", "NON_SOLID_MAX_FRACTION", "SOLID_MIN_FRACTION",
            "SPICULATION_MIN_IRREGULARITY", "UPPER_ZONE", "cranio_caudal_position",
            "lung_mask", "measure_brock_inputs", "nodule_type_of", "solid_component_mm"]
 
@@ -67,6 +70,11 @@ SPICULATION_MIN_IRREGULARITY = 0.40
 UPPER_ZONE = 1.0 / 3.0
 #: Voxels below this (HU) are air-like: lung parenchyma, airways, air outside the body.
 LUNG_AIR_HU = -400.0
+#: Where the segmenter found nothing at a given location: nodule tissue is the voxels at
+#: or above this (HU; ground glass included, aerated lung below) connected to the centre
+#: within the given diameter plus :data:`FALLBACK_MARGIN_MM`.
+FALLBACK_HU = -700.0
+FALLBACK_MARGIN_MM = 2.0
 #: Air components of at least this share of the largest one are kept as lung.
 _LUNG_MIN_SHARE = 0.10
 
@@ -199,6 +207,30 @@ def cranio_caudal_position(vol: Volume, lungs: np.ndarray,
     return float(np.clip(pos, 0.0, 1.0)), notes
 
 
+def _threshold_nodule(vol: Volume, nodule: Nodule,
+                      diameter_mm: float | None) -> Nodule | None:
+    """The nodule as the voxels >= :data:`FALLBACK_HU` 26-connected to its centre within
+    its given diameter + :data:`FALLBACK_MARGIN_MM` (``ctio.nodule_mask`` with
+    ``refine_hu``), with its features; None without a diameter or when only the ball
+    itself would remain (nothing above the threshold at the centre)."""
+    from .ctio import nodule_mask
+    from .features import _box, quantitative
+
+    if diameter_mm is None or not diameter_mm > 0:
+        return None
+    world = vol.index_to_world(np.asarray(nodule.centre_index, float))
+    nod = (float(world[0]), float(world[1]), float(world[2]), float(diameter_mm))
+    full = nodule_mask(vol, [nod], refine_hu=FALLBACK_HU, margin_mm=FALLBACK_MARGIN_MM) > 0
+    box = _box(vol, np.asarray(nodule.centre_index, float),
+               diameter_mm / 2.0 + FALLBACK_MARGIN_MM + 1.0)
+    mask = full[box]
+    if not mask.any() or not (vol.array[box][mask] >= FALLBACK_HU).all():
+        return None  # nodule_mask kept the bare ball: nothing above the threshold
+    feats = quantitative(vol, mask, box)
+    feats["seg_fallback"] = 1.0
+    return Nodule(np.asarray(nodule.centre_index, float), box, mask, feats)
+
+
 def measure_brock_inputs(vol: Volume, nodule: Nodule | None, count: int | None = None,
                          count_how: str = "", lungs: np.ndarray | None = None,
                          annotated_diameter_mm: float | None = None) -> CtBrockInputs:
@@ -250,22 +282,32 @@ def measure_brock_inputs(vol: Volume, nodule: Nodule | None, count: int | None =
                                  "apex; upper third = upper lobe (a height approximation, "
                                  "not a lobe segmentation)")
             out.notes.extend(notes)
+    by = "the segmentation"
     if f.get("seg_fallback", 0.0) >= 0.5:
-        why = ("the segmenter found no nodule at the given location, so its margin and HU "
-               "profile were not measured")
-        how["nodule_type"] = how["spiculation"] = why
-        if annotated_diameter_mm is not None:
-            out.size_mm = out.mean_diameter_mm = float(annotated_diameter_mm)
-            out.given.add("size_mm")
-            how["size_mm"] = "the annotated diameter (the segmenter found no nodule there)"
-        else:
-            how["size_mm"] = why
-        return out
+        refined = _threshold_nodule(vol, nodule, annotated_diameter_mm)
+        if refined is None:
+            why = ("the segmenter found no nodule at the given location and no tissue above "
+                   f"{FALLBACK_HU:g} HU was found there, so its margin and HU profile were "
+                   "not measured")
+            how["nodule_type"] = how["spiculation"] = why
+            if annotated_diameter_mm is not None:
+                out.size_mm = out.mean_diameter_mm = float(annotated_diameter_mm)
+                out.given.add("size_mm")
+                how["size_mm"] = "the annotated diameter (the segmenter found no nodule there)"
+            else:
+                how["size_mm"] = why
+            return out
+        nodule, f = refined, refined.features
+        by = (f"an HU threshold ({FALLBACK_HU:g} HU, within the given diameter + "
+              f"{FALLBACK_MARGIN_MM:g} mm: the segmenter found no nodule there)")
+        out.notes.append(f"the nodule was measured by {by}; spicules beyond that reach are "
+                         "cut off, so spiculation may be under-called")
 
     out.size_mm = float(f["long_axis_mm"])
     out.mean_diameter_mm = (float(f["long_axis_mm"]) + float(f["short_axis_mm"])) / 2.0
-    how["size_mm"] = (f"long axis {out.size_mm:.1f} mm on the largest axial slice of the "
-                      f"segmentation (short axis {float(f['short_axis_mm']):.1f} mm)")
+    how["size_mm"] = (f"long axis {out.size_mm:.1f} mm on the largest axial slice of {by} "
+                      f"(short axis {float(f['short_axis_mm']):.1f} mm)")
+
     out.solid_fraction = float(f["solid_fraction"])
     out.nodule_type = nodule_type_of(out.solid_fraction)
     how["nodule_type"] = (f"{100 * out.solid_fraction:.0f}% of its voxels >= -300 HU (solid "
