@@ -55,10 +55,10 @@ def _reduced_demo(out: Path) -> Path:
     return out
 
 
-def screenshot(page: Path, png: Path, width: int = 1100, height: int = 2200) -> None:
-    """Render ``page`` in headless Chromium and write ``png`` (viewport ``width`` x
-    ``height`` CSS pixels: the page's top, where the leading sentence and the Brock section
-    are)."""
+def screenshot(page: Path, png: Path, width: int = 1000, height: int = 6000) -> None:
+    """Render ``page`` in headless Chromium and write ``png``: the whole page (a window
+    ``width`` x ``height`` CSS pixels, the blank space below the page cut off), from the
+    leading sentence to the Brock (PanCan) and Lung-RADS section."""
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         res = subprocess.run(
@@ -69,6 +69,19 @@ def screenshot(page: Path, png: Path, width: int = 1100, height: int = 2200) -> 
             capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     if res.returncode != 0 or not png.is_file():
         sys.exit(f"error: Chromium did not write {png}: {res.stderr[-400:]}")
+    _trim(png)
+
+
+def _trim(png: Path, margin: int = 24) -> None:
+    """Cut the blank space below the page's end (the window is taller than most pages)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        rgb = np.asarray(im.convert("RGB"))
+        rows = np.flatnonzero((rgb < 250).any(axis=(1, 2)))
+        if rows.size and rows[-1] + margin < rgb.shape[0]:
+            im.crop((0, 0, rgb.shape[1], int(rows[-1]) + margin)).save(png, optimize=True)
 
 
 def main() -> None:

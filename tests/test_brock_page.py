@@ -201,6 +201,7 @@ def test_section_computes_brock_and_lung_rads_with_each_source() -> None:
     src = _sources(sec)
     assert src["age (years)"] == src["family history of lung cancer"] == \
         "given in the clinical table"
+    assert sec.table.set_index("input").loc["family history of lung cancer", "value"] == "yes"
     assert src["nodule size (longest diameter, mm)"] == src["spiculation"] == "measured from CT"
     # solid 14 mm mean diameter: 4A; spiculated: 4X, with the category's management
     assert "category 4X" in " ".join(sec.paragraphs) and "Management:" in " ".join(sec.paragraphs)
@@ -219,6 +220,9 @@ def test_missing_inputs_are_said_and_required_ones_stop_brock() -> None:
         "'family_history'" and how["sex"] == "blank in the clinical table (column 'sex')"
     assert "over the values the missing inputs could take" in sec.paragraphs[0]
     assert sec.lead_missing == ["sex (Brock)", "family history (Brock)"]
+    said = " ".join(sec.paragraphs)  # not spiculated: 4X left open, in the page's words
+    assert "4X not assessed: no spiculation was measured" in said
+    assert "suspicious_features" not in said
     # no age at all: Brock is not computed (never a silent zero); Lung-RADS still is
     none = brock_section(_ct(), pd.Series(dtype=object), BrockSettings(age_column=None), "P3")
     assert none.lead.startswith("Brock (PanCan) not computed, Lung-RADS 4X")

@@ -258,6 +258,8 @@ def measure_brock_inputs(vol: Volume, nodule: Nodule | None, count: int | None =
     if count is not None:
         out.nodule_count = max(1, int(count)) if nodule is not None else max(0, int(count))
         how["nodule_count"] = count_how or f"{count} nodule(s) on the scan"
+        if nodule is not None and int(count) < 1:
+            how["nodule_count"] += "; counted as 1, the nodule assessed"
         if out.nodule_count == 0:
             out.nodule_count = None
             how["nodule_count"] = "no nodule found on the scan"

@@ -39,6 +39,10 @@ _SHORT = {"age": "age", "sex": "sex", "family_history": "family history",
           "upper_lobe": "upper lobe", "nodule_count": "nodule count",
           "spiculation": "spiculation"}
 _CLINICAL = ("age", "sex", "family_history", "emphysema")
+#: What the page says when 4X stays open (no spiculation measured; other features unread).
+_X4_ON_PAGE = ("4X not assessed: no spiculation was measured, but the other features that "
+               "make a category 3 or 4 nodule 4X (e.g. lymphadenopathy) are not read from the "
+               "CT")
 
 
 def _missing(value: Any) -> bool:
@@ -131,7 +135,9 @@ def brock_section(ct: CtBrockInputs, row: Mapping[str, Any], settings: BrockSett
     problems: list[str] = []
     brock = None
     try:
-        brock = brock_probability(BrockInputs(**values, measured=frozenset(measured)))
+        checked = BrockInputs(**values, measured=frozenset(measured))
+        values = {n: getattr(checked, n) for n in BROCK_INPUTS}  # normalised (1 -> yes)
+        brock = brock_probability(checked)
     except ReferenceInputError as exc:
         problems.append(str(exc))
         log.warning("%s%s", who, exc)
@@ -183,8 +189,10 @@ def brock_section(ct: CtBrockInputs, row: Mapping[str, Any], settings: BrockSett
             f"type {rads.nodule_type}): category {cat} ({rads.descriptor}; ACR estimate of "
             f"malignancy {rads.malignancy_risk}). Management: {rads.management}")
         if rads.undetermined:
-            section.paragraphs.append("Lung-RADS does not decide here: "
-                                      + "; ".join(rads.undetermined) + ".")
+            said = [_X4_ON_PAGE if u.startswith("4X not assessed") else u
+                    for u in rads.undetermined]
+            section.paragraphs.append("Lung-RADS does not decide here: " + "; ".join(said)
+                                      + ".")
         section.lead += f", Lung-RADS {cat}"
     else:
         why = "no nodule size or type" if not problems else "see above"
