@@ -154,12 +154,18 @@ def spawn(argv: Sequence[str], processes: int, threads: int | None = None) -> No
         procs.append(subprocess.Popen([sys.executable, "-m", "lungfuse.core.cli", *argv],
                                       env=env))
     failed: tuple[int, int] | None = None
-    while any(p.poll() is None for p in procs) and failed is None:
-        for r, p in enumerate(procs):
-            if p.poll() not in (None, 0):
-                failed = (r, int(p.returncode))
-                break
-        time.sleep(0.1)
+    try:
+        while any(p.poll() is None for p in procs) and failed is None:
+            for r, p in enumerate(procs):
+                if p.poll() not in (None, 0):
+                    failed = (r, int(p.returncode))
+                    break
+            time.sleep(0.1)
+    except BaseException:  # Ctrl-C or an error here: no rank is left running
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        raise
     if failed is None:
         failed = next(((r, int(p.returncode)) for r, p in enumerate(procs) if p.returncode),
                       None)
