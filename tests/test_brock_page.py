@@ -414,3 +414,86 @@ def _png() -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+# -- brock as a reference row of a binary run ----------------------------------------------------
+def test_brock_reference_row_of_a_binary_run_on_the_synthetic_cohort(tiny_cohort,
+                                                                    tmp_path) -> None:
+    """A binary run on the synthetic cohort with ``baselines: [brock]``: every held-out
+    patient scored by the published model (the CT modality's nodule measurements stand in
+    as the synthetic truth of each index nodule; age, sex and family history from the
+    cohort), with the model's metrics, CIs and paired difference; patients without a CT
+    get the training median size, and no outcome moves a score."""
+    pytest.importorskip("torch")
+    import json
+
+    from test_pipeline import FakeModality
+
+    from lungfuse.core.run import run_experiment
+    from lungfuse.plugins.clinical.references import BrockInputs, brock_probability
+
+    class Measured(FakeModality):
+        """Hands over its table as it is, as the CT modality hands over its measurements."""
+
+        def transform(self, patients, ctx):
+            df = self._read()
+            out = df[df.index.isin(patients.index)].astype("float64")
+            out.index.name = "patient_id"
+            return out
+
+    def run(c):
+        return run_experiment(c, plugins=[Measured], progress=False)
+
+    clin = pd.read_parquet(tiny_cohort / "clinical.parquet")
+    truth = pd.read_parquet(tiny_cohort / "truth.parquet").set_index("patient_id")
+    ct = truth[truth.has_ct & (truth.n_nodules_rendered > 0)]
+    feats = pd.DataFrame({
+        "long_axis_mm": ct.index_diameter_mm,
+        "solid_fraction": ct.index_solidity.map({"solid": 0.95, "part-solid": 0.3,
+                                                 "ground-glass": 0.0}),
+        "margin_irregularity": ct.index_shape.map({"spiculated": 0.7}).fillna(0.1),
+        "n_nodules": ct.n_nodules_rendered.astype(float)}, index=ct.index)
+    feats.index.name = "patient_id"
+    feats.to_parquet(tmp_path / "ct.parquet")
+    clin.to_parquet(tmp_path / "clinical.parquet")
+    cfg = {"name": "brock", "seed": 0, "cohort": {"clinical": str(tmp_path / "clinical.parquet")},
+           "task": {"kind": "binary"},
+           "modalities": [{"kind": "fake", "name": "ct", "path": str(tmp_path / "ct.parquet")}],
+           "fusion": {"kind": "concat", "hidden_dim": 8},
+           "training": {"max_epochs": 2, "batch_size": 16, "patience": 1},
+           "evaluation": {"folds": 2, "bootstrap": 30}, "baselines": ["brock"],
+           "output_dir": str(tmp_path / "runs")}
+    res = run(cfg)
+    m = json.loads((res.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    b = m["baselines"]["brock"]
+    assert b["status"] == "ok" and set(b["metrics"]["overall"]) == set(m["overall"])
+    auroc = b["metrics"]["overall"]["auroc"]
+    assert auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"]
+    assert b["difference"]["minus"] == "brock" and b["difference"]["n_boot"] > 0
+    base = pd.read_parquet(res.run_dir / "baselines" / "predictions.parquet")
+    model = pd.read_parquet(res.run_dir / "predictions.parquet")
+    assert len(base) == len(model)  # every held-out patient, none dropped
+    rows = clin.set_index("patient_id")
+    for r in base.itertuples():
+        if r.patient_id not in feats.index:
+            continue
+        f = feats.loc[r.patient_id]
+        kind = {0.95: "solid", 0.3: "part-solid", 0.0: "non-solid"}[f.solid_fraction]
+        want = brock_probability(BrockInputs(
+            age=rows.loc[r.patient_id, "age"], sex=rows.loc[r.patient_id, "sex"],
+            family_history=rows.loc[r.patient_id, "family_history"],
+            size_mm=f.long_axis_mm, nodule_type=kind, nodule_count=int(f.n_nodules),
+            spiculation=f.margin_irregularity > 0.4)).probability
+        assert r.score == pytest.approx(want, rel=1e-5)  # features stored as float32
+    no_ct = base[~base.patient_id.isin(feats.index)]
+    assert len(no_ct) > 0  # scored with the training median size, not dropped or zero
+    assert (no_ct.score > 0).all()
+    # the published model reads no outcome: flipping every label leaves the scores
+    flipped = clin.assign(malignant=1 - clin.malignant)
+    flipped.to_parquet(tmp_path / "clinical.parquet")
+    again = run({**cfg, "output_dir": str(tmp_path / "runs2")})
+    base2 = pd.read_parquet(again.run_dir / "baselines" / "predictions.parquet")
+    key = ["patient_id", "seed", "fold"]
+    merged = base.merge(base2, on=key, suffixes=("", "_flipped"))
+    assert len(merged) == len(base)
+    assert np.allclose(merged.score, merged.score_flipped)
