@@ -200,7 +200,7 @@ def test_bad_baseline_is_one_line_before_any_folder(data, tmp_path, entry, why) 
     msg = str(exc.value)
     assert "\n" not in msg and why in msg
     if entry in ("nosuch", "coxnet"):
-        assert "available for a binary task: logreg" in msg
+        assert "available for a binary task: brock, logreg" in msg
     assert not out.exists() or not any(out.iterdir())
 
 
