@@ -195,6 +195,10 @@ def phase_roofline(quick: bool) -> dict:
 # ``--scale``: ranks, compile cache, bf16 training, int8, per-op profile; figures go to
 # bench/results/infnet_speed_scale.{md,json}. Small sizes: the host is shared.
 SCALE_DIR = Path(os.environ.get("INFNET_SCALE_TMP", "/tmp/infnet_scale_bench"))
+#: ``--full`` (via INFNET_SCALE_FULL=1 in the phase processes): the compile-cache phase on
+#: res2net50d at 352 px with freezing on and off, and int8 beside the compiled bf16 path;
+#: without it, the small network (a shared 2-core host cannot compile res2net50d 4 times).
+FULL = os.environ.get("INFNET_SCALE_FULL") == "1"
 
 
 def _scale_tree(n_scans: int = 8, size: int = 128, depth: int = 24) -> Path:
@@ -255,9 +259,10 @@ def phase_ranks(quick: bool) -> dict:
 
 def phase_cache(quick: bool) -> dict:
     """First compiled call in a fresh process with an empty (cold) and a filled (warm)
-    lungfuse compile cache, with and without inductor freezing."""
+    lungfuse compile cache (freezing on, as the fast path's default; with ``--full`` also
+    off)."""
     out: dict = {}
-    for freeze in (True, False):
+    for freeze in (True, False) if FULL else (True,):
         cache = SCALE_DIR / f"compile-cache-freeze{int(freeze)}"
         shutil.rmtree(cache, ignore_errors=True)
         for run in ("cold", "warm"):
@@ -276,8 +281,9 @@ def phase_cache(quick: bool) -> dict:
 
 
 def phase_first_call(quick: bool, freeze: bool = True) -> dict:
-    """One fresh process: res2net50d fast path at 352 px batch 8, time to the first
-    result (the compile, or the cache hit) and the steady speed after it."""
+    """One fresh process: the fast path (res2net50d at 352 px with ``--full``, else the
+    small test_resnet Inf-Net at 128 px; batch 8), time to the first result (the compile,
+    or the cache hit) and the steady speed after it."""
     t0 = time.perf_counter()
     import torch
     from torch._dynamo.utils import counters
@@ -287,9 +293,9 @@ def phase_first_call(quick: bool, freeze: bool = True) -> dict:
     from lungfuse.plugins.imaging_infnet.network import InfNet
 
     torch.manual_seed(0)
-    p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
-                  FastPath(batch_size=8, freeze=freeze))
-    x = torch.rand(8, 3, SIZE, SIZE)
+    net, size = (InfNet("res2net50d"), SIZE) if FULL else (InfNet("test_resnet", channel=16), 128)
+    p = Predictor(net, SliceSettings(img_size=size), FastPath(batch_size=8, freeze=freeze))
+    x = torch.rand(8, 3, size, size)
     t_import = time.perf_counter() - t0
     t = time.perf_counter()
     p.predict(x)
@@ -373,8 +379,9 @@ def phase_int8(quick: bool) -> dict:
     y = torch.stack([it.mask.float() for it in test])
     calib = torch.stack([it.image.float() for it in train_pool])[:64]
     out: dict = {"n_calibration_slices": len(calib)}
+    bf16 = FastPath(batch_size=8) if FULL else FastPath(batch_size=8, compile=False)
     for name, fp in (("fp32", FastPath(enabled=False, batch_size=8)),
-                     ("bf16_fast", FastPath(batch_size=8)),
+                     ("bf16_fast" if FULL else "bf16_eager", bf16),
                      ("int8_fast", FastPath(batch_size=8, int8=True))):
         model, _ = load_checkpoint(SCALE_DIR / "small_fp32.pt")
         t = time.perf_counter()
@@ -457,6 +464,7 @@ def scale_report(res: dict, argv: str) -> str:
     rf, rk, cc = res.get("roofline", {}), res.get("ranks", {}), res.get("cache", {})
     tp, q8, pr = res.get("train_precision", {}), res.get("int8", {}), res.get("profile", {})
     isa = torch.backends.cpu.get_cpu_capability()
+    full = os.environ.get("INFNET_SCALE_FULL") == "1"
     peak32, peak16 = rf.get("matmul_fp32_gflop_s"), rf.get("matmul_bf16_gflop_s")
     lines = [
         "# Inf-Net: scale of the CT stage (issue 15)", "",
@@ -482,7 +490,8 @@ def scale_report(res: dict, argv: str) -> str:
         lines += ["", f"Masks of 2 processes byte-identical to 1 process: "
                       f"{rk['masks_identical_1_vs_2']}."]
     lines += ["", "## Compile cache: first call in a fresh process", "",
-              "res2net50d fast path (bf16 autocast, channels_last, compile), 352 px, batch 8. "
+              f"{'res2net50d, 352 px' if full else 'small Inf-Net (test_resnet), 128 px'}: "
+              "fast path (bf16 autocast, channels_last, compile), batch 8. "
               "'cold': empty lungfuse compile cache; 'warm': a second process with the same "
               "key.", "",
               "| freezing | cache | first call (s) | FX graph cache hit/miss | steady slices/s "
@@ -512,7 +521,7 @@ def scale_report(res: dict, argv: str) -> str:
               f"The float32 model above; calibration on {q8.get('n_calibration_slices', 'n/a')} "
               "training slices; the same held-out slices.", "",
               "| inference | held-out Dice@0.5 | slices/s | first call (s) |", "|---|---|---|---|"]
-    for name in ("fp32", "bf16_fast", "int8_fast"):
+    for name in ("fp32", "bf16_fast", "bf16_eager", "int8_fast"):
         r = q8.get(name)
         if r and "error" not in r:
             lines.append(f"| {name} | {f(r['dice_heldout'], 4)} | {f(r['slices_s'])} | "
@@ -537,7 +546,9 @@ def scale_main(args) -> None:
     from lungfuse.core.atomic import write_json, write_text
 
     phases = args.phases if args.phases != "roofline,eager,fast,train,dice" else \
-        "roofline,ranks,train_precision,int8,profile,cache"
+        "ranks,train_precision,cache,int8,roofline,profile"
+    if args.full:
+        os.environ["INFNET_SCALE_FULL"] = "1"
     out_json = HERE / "results" / "infnet_speed_scale.json"
     res: dict = {}
     if out_json.exists() and args.phases != "roofline,eager,fast,train,dice":
@@ -561,6 +572,8 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="issue 15 figures: ranks, compile "
                     "cache, bf16 training, int8, profile -> infnet_speed_scale.md")
     ap.add_argument("--freeze", type=int, default=1)
+    ap.add_argument("--full", action="store_true", help="--scale on res2net50d at 352 px "
+                    "for the compile cache and int8 (long)")
     args = ap.parse_args()
     if args.phase == "first_call":
         print(json.dumps(phase_first_call(args.quick, bool(args.freeze))))
