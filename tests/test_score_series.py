@@ -28,10 +28,11 @@ UIDS = [f"1.7.{i}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def ct_run(tmp_path_factory) -> tuple[Path, Path]:
+def ct_run(tmp_path_factory) -> tuple[Path, Path, str]:
     """A finished binary run of the infnet modality alone (an untrained test_resnet
     segmenter given as a checkpoint) on ten synthetic scans, and a study folder made from
-    an eleventh scan: localiser, thick (2 slices averaged) and thin (the scan itself)."""
+    an eleventh scan: localiser, thick (2 slices averaged) and thin (the scan itself), with
+    its nodule's location as ``--nodule`` takes it."""
     from lungfuse.core.run import run_experiment
     from lungfuse.plugins.imaging_infnet.config import SliceSettings
     from lungfuse.plugins.imaging_infnet.network import InfNet
@@ -66,7 +67,8 @@ def ct_run(tmp_path_factory) -> tuple[Path, Path]:
                   spacing=sx, step=2 * sz)
     _write_series(study / "SE003", THIN, stored, sz, number=3, description="Thorax 1.0 thin",
                   origin=(ox, oy, oz), spacing=sx, step=sz)
-    return run_dir, study
+    r = pd.read_csv(root / "new" / "annotations.csv").iloc[0]
+    return run_dir, study, f"{r.coordX},{r.coordY},{r.coordZ},{r.diameter_mm}"
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -82,10 +84,22 @@ def _scored(out: Path) -> dict:
     return json.loads((out / "scores.json").read_text(encoding="utf-8"))["patients"][0]
 
 
-def test_series_names_the_series_read_and_the_page_says_so(ct_run, tmp_path, capsys) -> None:
-    run_dir, study = ct_run
+def test_series_names_the_series_read_and_the_page_says_so(ct_run, tmp_path, capsys,
+                                                            monkeypatch) -> None:
+    run_dir, study, nodule = ct_run
+    reads: list[str | None] = []
+    real = ctio.read_volume
+
+    def spy(path, series_uid=None):
+        vol = real(path, series_uid)
+        if Path(path) == study:
+            reads.append(vol.meta["series"]["uid"])
+        return vol
+
+    monkeypatch.setattr(ctio, "read_volume", spy)
     code, out, err = _cli([str(run_dir), "--patient", "NEW-1", "--ct", str(study),
-                           "--series", THICK, "--out", str(tmp_path / "thick")], capsys)
+                           "--nodule", nodule, "--series", THICK, "--out",
+                           str(tmp_path / "thick")], capsys)
     assert code == 0, err
     got = _scored(tmp_path / "thick")
     seen = got["inputs"]["infnet"]
@@ -95,10 +109,13 @@ def test_series_names_the_series_read_and_the_page_says_so(ct_run, tmp_path, cap
     page = (tmp_path / "thick" / got["page"]).read_text(encoding="utf-8")
     assert THICK in page and "Thorax 5.0 thick" in page and "8 slices" in page
     assert "the series named for this patient" in page
+    # every read of the study (features of each fold model, the page's nodule figure and
+    # Brock measurements) was of the named series
+    assert len(reads) >= 2 and set(reads) == {THICK}
 
     # without --series: the rule's choice (thinnest axial CT), said as such
-    code, out, err = _cli([str(run_dir), "--patient", "NEW-1", "--ct", str(study), "--out",
-                           str(tmp_path / "rule")], capsys)
+    code, out, err = _cli([str(run_dir), "--patient", "NEW-1", "--ct", str(study),
+                           "--nodule", nodule, "--out", str(tmp_path / "rule")], capsys)
     assert code == 0, err
     rule = _scored(tmp_path / "rule")
     assert rule["inputs"]["infnet"]["series"]["uid"] == THIN
@@ -113,7 +130,7 @@ def test_series_names_the_series_read_and_the_page_says_so(ct_run, tmp_path, cap
 
 def test_a_series_not_in_the_folder_leaves_the_patient_not_scored(ct_run, tmp_path,
                                                                     capsys) -> None:
-    run_dir, study = ct_run
+    run_dir, study, _ = ct_run
     out = tmp_path / "bad"
     code, _, err = _cli([str(run_dir), "--patient", "NEW-1", "--ct", str(study), "--series",
                          "2.25.9", "--out", str(out)], capsys)
@@ -127,7 +144,7 @@ def test_a_series_not_in_the_folder_leaves_the_patient_not_scored(ct_run, tmp_pa
 
 
 def test_a_study_of_one_slice_is_refused_for_that_patient(ct_run, tmp_path, capsys) -> None:
-    run_dir, _ = ct_run
+    run_dir = ct_run[0]
     scout = _series(tmp_path / "scout", LOCALISER, 1, 5.0, number=1, description="Topogram",
                     localiser=True)
     code, _, err = _cli([str(run_dir), "--patient", "NEW-2", "--ct", str(scout), "--out",
@@ -138,7 +155,7 @@ def test_a_study_of_one_slice_is_refused_for_that_patient(ct_run, tmp_path, caps
 def test_series_without_a_ct_folder_is_one_line(ct_run, tmp_path, capsys) -> None:
     from lungfuse.schemas import ScorePatient
 
-    run_dir, _ = ct_run
+    run_dir = ct_run[0]
     code, _, err = _cli([str(run_dir), "--patient", "NEW-1", "--series", THIN, "--out",
                          str(tmp_path / "x")], capsys)
     assert code == 2 and err.count("\n") == 1 and "--series" in err and "--ct" in err

@@ -64,7 +64,8 @@ def predictor_of(model_state: Mapping[str, Any]) -> Any:
 def nodule_figure(predictor: Any, volume: Path, uid: str, *,
                   nodule: tuple[float, float, float, float] | None = None,
                   annotations: Path | None = None, masks_dir: Path | None = None,
-                  threshold: float = 0.5, title: str = "", count: bool = False) -> NoduleFigure:
+                  threshold: float = 0.5, title: str = "", count: bool = False,
+                  series_uid: str | None = None) -> NoduleFigure:
     """The segmented nodule of scan ``volume`` (series ``uid``) on its axial slice.
 
     The network segments around ``nodule`` (world x, y, z in mm and diameter) or, without
@@ -79,6 +80,9 @@ def nodule_figure(predictor: Any, volume: Path, uid: str, *,
     ``annotations`` lists for ``uid`` when it lists any, else the components a sweep of
     the whole scan finds (the sweep that locates the nodule when none is given; a sweep of
     every slice, run for the count, when a location was given).
+
+    ``series_uid``: the series of a DICOM study folder to draw (the one scored), else the
+    one ctio's rule picks.
     """
     import numpy as np
 
@@ -87,7 +91,7 @@ def nodule_figure(predictor: Any, volume: Path, uid: str, *,
     from . import ctio
     from .features import segment_at, sweep
 
-    vol = ctio.read_volume(volume)
+    vol = ctio.read_volume(volume, series_uid)
     n_annotated = 0
     if annotations is not None and (nodule is None or count):
         try:

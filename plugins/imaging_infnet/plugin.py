@@ -427,11 +427,14 @@ class InfNetModality(ModalityPlugin):
         nod = patient.get("nodule")
         loc = (float(nod["x"]), float(nod["y"]), float(nod["z"]),
                float(nod["diameter_mm"])) if nod else None
+        # the series scored (`--series`, else dicom_series, else ctio's rule), not another
+        series = ((patient.get("series") if patient.get("ct") is not None else None)
+                  or (self.config.dicom_series or {}).get(uid)) if path.is_dir() else None
         drawn = nodule_figure(predictor_of(self.model_state_), path, uid, nodule=loc,
                               annotations=self.config.annotations,
                               masks_dir=self.config.masks_dir,
                               threshold=self.config.threshold, title=pid,
-                              count=self.config.brock.enabled)
+                              count=self.config.brock.enabled, series_uid=series)
         section = ModalitySection("Nodule", paragraphs=[
             f"Inf-Net segmentation (red) on slice {drawn.slice} ({drawn.source}); green: a "
             f"ground-truth mask where one exists. {facts_line(drawn.facts)}"])
