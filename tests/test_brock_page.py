@@ -427,42 +427,14 @@ def test_brock_reference_row_of_a_binary_run_on_the_synthetic_cohort(tiny_cohort
     pytest.importorskip("torch")
     import json
 
-    from test_pipeline import FakeModality
-
     from lungfuse.core.run import run_experiment
     from lungfuse.plugins.clinical.references import BrockInputs, brock_probability
 
-    class Measured(FakeModality):
-        """Hands over its table as it is, as the CT modality hands over its measurements."""
-
-        def transform(self, patients, ctx):
-            df = self._read()
-            out = df[df.index.isin(patients.index)].astype("float64")
-            out.index.name = "patient_id"
-            return out
+    clin, feats, cfg, measured = _brock_run_inputs(tiny_cohort, tmp_path)
 
     def run(c):
-        return run_experiment(c, plugins=[Measured], progress=False)
+        return run_experiment(c, plugins=[measured], progress=False)
 
-    clin = pd.read_parquet(tiny_cohort / "clinical.parquet")
-    truth = pd.read_parquet(tiny_cohort / "truth.parquet").set_index("patient_id")
-    ct = truth[truth.has_ct & (truth.n_nodules_rendered > 0)]
-    feats = pd.DataFrame({
-        "long_axis_mm": ct.index_diameter_mm,
-        "solid_fraction": ct.index_solidity.map({"solid": 0.95, "part-solid": 0.3,
-                                                 "ground-glass": 0.0}),
-        "margin_irregularity": ct.index_shape.map({"spiculated": 0.7}).fillna(0.1),
-        "n_nodules": ct.n_nodules_rendered.astype(float)}, index=ct.index)
-    feats.index.name = "patient_id"
-    feats.to_parquet(tmp_path / "ct.parquet")
-    clin.to_parquet(tmp_path / "clinical.parquet")
-    cfg = {"name": "brock", "seed": 0, "cohort": {"clinical": str(tmp_path / "clinical.parquet")},
-           "task": {"kind": "binary"},
-           "modalities": [{"kind": "fake", "name": "ct", "path": str(tmp_path / "ct.parquet")}],
-           "fusion": {"kind": "concat", "hidden_dim": 8},
-           "training": {"max_epochs": 2, "batch_size": 16, "patience": 1},
-           "evaluation": {"folds": 2, "bootstrap": 30}, "baselines": ["brock"],
-           "output_dir": str(tmp_path / "runs")}
     res = run(cfg)
     m = json.loads((res.run_dir / "metrics.json").read_text(encoding="utf-8"))
     b = m["baselines"]["brock"]
@@ -497,3 +469,53 @@ def test_brock_reference_row_of_a_binary_run_on_the_synthetic_cohort(tiny_cohort
     merged = base.merge(base2, on=key, suffixes=("", "_flipped"))
     assert len(merged) == len(base)
     assert np.allclose(merged.score, merged.score_flipped)
+
+
+def _brock_run_inputs(tiny_cohort, tmp_path):
+    """The synthetic cohort's clinical table, a stand-in for the CT modality's nodule
+    features (the synthetic truth of each index nodule, handed over as they are, as infnet
+    hands over its measurements) and a binary config with ``baselines: [brock]``."""
+    from test_pipeline import FakeModality
+
+    class Measured(FakeModality):
+        def transform(self, patients, ctx):
+            df = self._read()
+            out = df[df.index.isin(patients.index)].astype("float64")
+            out.index.name = "patient_id"
+            return out
+
+    clin = pd.read_parquet(tiny_cohort / "clinical.parquet")
+    truth = pd.read_parquet(tiny_cohort / "truth.parquet").set_index("patient_id")
+    ct = truth[truth.has_ct & (truth.n_nodules_rendered > 0)]
+    feats = pd.DataFrame({
+        "long_axis_mm": ct.index_diameter_mm,
+        "solid_fraction": ct.index_solidity.map({"solid": 0.95, "part-solid": 0.3,
+                                                 "ground-glass": 0.0}),
+        "margin_irregularity": ct.index_shape.map({"spiculated": 0.7}).fillna(0.1),
+        "n_nodules": ct.n_nodules_rendered.astype(float)}, index=ct.index)
+    feats.index.name = "patient_id"
+    feats.to_parquet(tmp_path / "ct.parquet")
+    clin.to_parquet(tmp_path / "clinical.parquet")
+    cfg = {"name": "brock", "seed": 0, "cohort": {"clinical": str(tmp_path / "clinical.parquet")},
+           "task": {"kind": "binary"},
+           "modalities": [{"kind": "fake", "name": "ct", "path": str(tmp_path / "ct.parquet")}],
+           "fusion": {"kind": "concat", "hidden_dim": 8},
+           "training": {"max_epochs": 2, "batch_size": 16, "patience": 1},
+           "evaluation": {"folds": 2, "bootstrap": 30}, "baselines": ["brock"],
+           "output_dir": str(tmp_path / "runs")}
+    return clin, feats, cfg, Measured
+
+
+def test_brock_reference_row_of_an_ablation(tiny_cohort, tmp_path) -> None:
+    pytest.importorskip("torch")
+    from lungfuse.core.ablation import run_ablation
+
+    _, _, cfg, measured = _brock_run_inputs(tiny_cohort, tmp_path)
+    res = run_ablation({**cfg, "output_dir": str(tmp_path / "abl")}, plugins=[measured],
+                       progress=False)
+    t = res.table
+    row = t[t["baseline"]]
+    assert list(row["variant"]) == ["ct | brock (baseline)"]
+    assert row["patients"].iloc[0] == t[~t["baseline"]]["patients"].iloc[0]
+    assert np.isfinite(row["auroc_delta_vs_ref"].iloc[0])
+    assert "brock (baseline)" in (res.folder / "report.html").read_text(encoding="utf-8")
