@@ -200,6 +200,17 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
                             "fusion": {"hidden_dim": 8, "dropout": 0.0},
                             "training": {"weight_decay": 1e-2, "batch_size": 8192, "lr": 3e-3,
                                          "max_epochs": 300, "patience": 30}},
+    # training.selection (docs/training.md): explicit holdout, and inner cross-validation
+    "holdout": {"training": {"selection": "holdout"}},
+    "innercv": {"training": {"selection": "inner_cv"}},
+    "innercv-fullbatch": {"training": {"selection": "inner_cv", "batch_size": 8192,
+                                       "lr": 3e-3, "max_epochs": 300, "patience": 30}},
+    "innercv-wd": {"modality": {"dropout": 0.2}, "fusion": {"dropout": 0.2},
+                   "training": {"selection": "inner_cv", "weight_decay": 1e-2}},
+    "innercv-b256-wd": {"modality": {"dropout": 0.2}, "fusion": {"dropout": 0.2},
+                        "training": {"selection": "inner_cv", "weight_decay": 1e-2,
+                                     "batch_size": 256, "lr": 2e-3, "patience": 20,
+                                     "max_epochs": 200}},
 }
 
 
@@ -331,6 +342,9 @@ def training_summary(run_dir: Path) -> dict[str, Any]:
         for d in sorted((run_dir / "models").iterdir()):
             meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
             epochs.append(int(meta["epochs"]))
+            if meta.get("inner_cv"):  # inner_cv: no val loss; the chosen count's last epoch
+                best.append(int(meta["inner_cv"]["epochs"]) - 1)
+                continue
             log = pd.read_csv(d / "logs" / "metrics.csv").dropna(subset=["val_loss"])
             best.append(int(log.loc[log["val_loss"].idxmin(), "epoch"]))
     except (OSError, KeyError, ValueError, TypeError):
