@@ -144,14 +144,20 @@ def risk_at_horizons(breslow: Mapping[str, list[float]], risk: np.ndarray,
 
 
 def _km_at(time: np.ndarray, event: np.ndarray, t: float) -> float:
-    """Kaplan-Meier (scikit-survival) probability of the event by ``t``; NaN where ``t``
-    is past the last observed time (the estimate is not defined there)."""
+    """Kaplan-Meier (scikit-survival) probability of the event by ``t``.
+
+    Past the last observed time the curve is flat only if it has already reached 0
+    (every patient still followed had the event): the observed risk there is 1. It is
+    NaN (not defined) only when ``t`` is past the last time and the curve is still
+    above 0, i.e. the last patients were censored before ``t``."""
     import numpy as np
     from sksurv.nonparametric import kaplan_meier_estimator
 
-    if len(time) == 0 or t > float(np.max(time)):
+    if len(time) == 0:
         return float("nan")
     x, s = kaplan_meier_estimator(event.astype(bool), time.astype(float))
+    if t > float(np.max(time)):
+        return 1.0 if float(s[-1]) <= 0.0 else float("nan")
     i = int(np.searchsorted(x, t, side="right")) - 1
     return float(1.0 - (s[i] if i >= 0 else 1.0))
 
@@ -174,13 +180,16 @@ def horizon_calibration(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
     Patients are split into up to ``n_groups`` equal groups by predicted risk (fewer when
     a group would hold under ``min_per_group``); in each, the observed risk is the
     Kaplan-Meier estimate of the event by ``horizon`` (censoring handled by the
-    estimator; no patient is dropped). Returns the groups (mean predicted, observed, n)
+    estimator; no patient is dropped; a group whose every patient had the event before
+    ``horizon`` has observed risk 1). Returns the groups (mean predicted, observed, n)
     and the summaries: ``mean_predicted``, ``observed`` (KM of all patients), ``ici``
     (the patient-weighted mean absolute gap between group predicted and observed risk, an
     integrated-calibration-index-like error) and ``slope`` (weighted least-squares slope
-    of observed on predicted across groups; 1 is ideal). A horizon past the patients'
-    follow-up, or risks not estimable there, give NaN with ``estimable`` False and the
-    reason."""
+    of observed on predicted across groups; 1 is ideal). A group whose Kaplan-Meier
+    estimate is not defined by ``horizon`` (its last patients censored before it) is
+    left out of ``ici`` and ``slope`` and listed in ``groups_not_estimable``. A horizon
+    past the patients' follow-up, or risks not estimable there, give NaN with
+    ``estimable`` False and the reason."""
     import numpy as np
 
     time, event = np.asarray(time, float), np.asarray(event).astype(bool)
@@ -189,19 +198,21 @@ def horizon_calibration(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
     out: dict[str, Any] = {"n": int(len(time)), "events_by_horizon":
                            int(np.sum(event & (time <= horizon))), "groups": [],
                            "mean_predicted": nan, "observed": nan, "ici": nan,
-                           "slope": nan, "estimable": False, "reason": ""}
+                           "slope": nan, "estimable": False, "reason": "",
+                           "groups_not_estimable": []}
     if len(time) == 0:
         out["reason"] = "no patients"
         return out
     if not np.all(np.isfinite(risk)):
         out["reason"] = "past the follow-up of a fold's training patients"
         return out
-    if horizon > float(np.max(time)):
+    observed = _km_at(time, event, horizon)
+    if horizon > float(np.max(time)) and not np.isfinite(observed):
         out["reason"] = (f"past the held-out patients' follow-up (last time "
                          f"{float(np.max(time)):g})")
         return out
     out["mean_predicted"] = float(risk.mean())
-    out["observed"] = _km_at(time, event, horizon)
+    out["observed"] = observed
     k = int(max(1, min(n_groups, len(time) // max(min_per_group, 1))))
     g = _groups(risk, k)
     rows = []
@@ -211,6 +222,10 @@ def horizon_calibration(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
                      "observed": _km_at(time[m], event[m], horizon)})
     out["groups"] = rows
     ok = [r for r in rows if np.isfinite(r["observed"])]
+    # a group whose last patients were censored before the horizon (KM still above 0)
+    # has no observed risk there; it is left out of the ICI and slope, and named here
+    out["groups_not_estimable"] = [int(r["group"]) for r in rows
+                                   if not np.isfinite(r["observed"])]
     if ok:
         w = np.array([r["n"] for r in ok], float)
         p = np.array([r["mean_predicted"] for r in ok])
