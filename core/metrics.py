@@ -246,20 +246,35 @@ def paired_bootstrap_difference(
     p_b: np.ndarray,
     n: int = 1000,
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Difference ``fn(y, p_a) - fn(y, p_b)`` on the same patients with its paired
     bootstrap 95% CI (the same resample for both) and the share of resamples where it is
-    <= 0 (a one-sided bootstrap p-value for "a beats b")."""
+    <= 0 (a one-sided bootstrap p-value for "a beats b").
+
+    Patients are resampled within ``strata`` (default: the class for a 1-D ``y``, the
+    event column of a 2-D survival ``y = [time, event]``), so each resample keeps the
+    events of the original and the metric stays defined on small cohorts. Only resamples
+    where both metrics are finite count: ``n_boot`` is how many were valid out of
+    ``n_requested``; with fewer than 10 valid the CI and p-value are NaN."""
     y, p_a, p_b = (np.asarray(a) for a in (y, p_a, p_b))
+    if strata is None:
+        strata = y[:, 1] if y.ndim == 2 else y
+    strata = np.asarray(strata)
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
-        diffs.append(fn(y[idx], p_a[idx]) - fn(y[idx], p_b[idx]))
-    d = np.asarray(diffs)
-    lo, hi = np.percentile(d, [2.5, 97.5]) if len(d) else (math.nan, math.nan)
+    for _ in range(n if len(y) > 1 else 0):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        try:
+            a, b = fn(y[idx], p_a[idx]), fn(y[idx], p_b[idx])
+        except (ValueError, ZeroDivisionError):
+            continue  # metric undefined on this resample
+        if a is not None and b is not None and np.isfinite(a) and np.isfinite(b):
+            diffs.append(a - b)
+    d = np.asarray(diffs, float)
+    ok = len(d) >= 10
+    lo, hi = np.percentile(d, [2.5, 97.5]) if ok else (math.nan, math.nan)
     return {"difference": float(fn(y, p_a) - fn(y, p_b)), "ci_low": float(lo),
-            "ci_high": float(hi), "p_not_better": float(np.mean(d <= 0)) if len(d) else math.nan,
-            "n_boot": len(d)}
+            "ci_high": float(hi), "p_not_better": float(np.mean(d <= 0)) if ok else math.nan,
+            "n_boot": len(d), "n_requested": int(n)}

@@ -54,3 +54,59 @@ def test_calibration_names_a_group_still_not_estimable() -> None:
     assert c["groups_not_estimable"] == [5]
     assert np.isnan(c["groups"][4]["observed"])
     assert np.isfinite(c["ici"])
+
+
+def _small_survival() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """30 patients, 3 events; two risk scores, one informative, one noise."""
+    rng = np.random.default_rng(1)
+    time = rng.uniform(1.0, 10.0, 30)
+    event = np.zeros(30, bool)
+    event[[2, 11, 25]] = True
+    good = -time + rng.normal(0, 0.5, 30)
+    noise = rng.normal(0, 1, 30)
+    return time, event, good, noise
+
+
+def test_paired_bootstrap_survival_small_cohort_is_finite() -> None:
+    import pandas as pd
+
+    from lungfuse.core.evaluation import paired_difference
+
+    time, event, good, noise = _small_survival()
+    base = pd.DataFrame({"patient_id": [f"p{i}" for i in range(30)], "seed": 0,
+                         "time": time, "event": event.astype(int)})
+    a, b = base.assign(risk=good), base.assign(risk=noise)
+    d = paired_difference(a, b, "survival", 1000, 0)
+    assert np.isfinite(d["ci_low"]) and np.isfinite(d["ci_high"])
+    assert d["ci_low"] <= d["difference"] <= d["ci_high"]
+    assert 10 <= d["n_boot"] <= d["n_requested"] == 1000
+    assert 0.0 <= d["p_not_better"] <= 1.0
+
+
+def test_paired_bootstrap_skips_undefined_resamples_unstratified() -> None:
+    from lungfuse.core.evaluation import primary_score_fn
+    from lungfuse.core.metrics import paired_bootstrap_difference
+
+    time, event, good, noise = _small_survival()
+    y = np.column_stack([time, event.astype(float)])
+    # one stratum: resamples without an event happen and must not count
+    d = paired_bootstrap_difference(primary_score_fn("survival"), y, good, noise, n=1000,
+                                    seed=0, strata=np.zeros(30))
+    assert d["n_boot"] < 1000
+    assert np.isfinite(d["ci_low"]) and np.isfinite(d["ci_high"])
+
+
+def test_single_model_bootstrap_small_survival_cohort() -> None:
+    from lungfuse.core.evaluation import primary_score_fn
+    from lungfuse.core.metrics import bootstrap
+
+    time, event, good, _ = _small_survival()
+    fn = primary_score_fn("survival")
+
+    def c(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> dict[str, float]:
+        return {"c": fn(np.column_stack([t, e]), r)}
+
+    for strata in (event, None):
+        out = bootstrap(c, [time, event.astype(float), good], n=500, seed=0, strata=strata)
+        assert np.isfinite(out["c"]["ci_low"]) and np.isfinite(out["c"]["ci_high"])
+        assert 10 <= out["c"]["n_boot"] <= 500
