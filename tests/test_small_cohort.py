@@ -6,6 +6,7 @@ and configs, and every fusion head learning on a single modality where concat le
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -225,3 +226,96 @@ def test_inner_cv_never_sees_test_patients(data, tmp_path, task) -> None:
     pb = b.predictions.set_index("patient_id").loc[test]
     col = "logit" if task == "binary" else "risk"
     assert not np.allclose(pa[col].to_numpy(), pb[col].to_numpy())
+
+
+# ----------------------------------------------------------------------------- heads
+def _one_modality_auroc(plugin_cls, seed: int = 0) -> float:
+    """Held-out AUROC of ``plugin_cls``'s head on one modality carrying the signal: a
+    small encoder (as a modality plugin builds) + the head, trained with the fold
+    trainer's loss and optimiser (AdamW, mini-batches), 20% of patients without the
+    modality (no signal for them)."""
+    import torch
+
+    g = np.random.default_rng(seed)
+    n_tr, n_te, f = 240, 600, 10
+    x = g.normal(size=(n_tr + n_te, f)).astype(np.float32)
+    logit = 1.5 * x[:, 0] - 1.0 * x[:, 1] + 0.8 * x[:, 2] * x[:, 3]
+    present = g.random(n_tr + n_te) < 0.8
+    y = (g.random(n_tr + n_te) < 1 / (1 + np.exp(-np.where(present, logit, 0.0)))).astype(
+        np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: fastest single-threaded, as in training
+    try:
+        return _train_one_head(plugin_cls, seed, x, present, y, n_tr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_one_head(plugin_cls, seed: int, x: np.ndarray, present: np.ndarray, y: np.ndarray,
+                    n_tr: int) -> float:
+    """Train encoder + ``plugin_cls``'s head on the first ``n_tr`` patients; the held-out
+    AUROC on the rest (patients with the modality)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from lungfuse.core.fusion_model import FusionModel, FusionTask
+
+    f = x.shape[1]
+    torch.manual_seed(seed)
+    enc = torch.nn.Sequential(torch.nn.Linear(f, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    cfg = plugin_cls.config_model(hidden_dim=32, modality_dropout=0.2)
+    model = FusionModel({"m": enc}, plugin_cls(cfg).build({"m": 8}, 1))
+    task = FusionTask(model, "binary", lr=3e-3, weight_decay=1e-4)
+    opt = task.configure_optimizers()
+    xt, pt, yt = torch.from_numpy(x), torch.from_numpy(present), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(40):
+        for idx in torch.randperm(n_tr, generator=gen).split(48):
+            batch = {"y": yt[idx]}
+            loss = task.loss(model({"m": xt[idx]}, {"m": pt[idx]}), batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        te = slice(n_tr, None)
+        out = model({"m": xt[te]}, {"m": pt[te]}).numpy()
+    keep = present[te]
+    return float(roc_auc_score(y[te][keep], out[keep]))
+
+
+@functools.cache
+def _head_aurocs() -> dict[str, float]:
+    """``{head: held-out AUROC}`` of every registered fusion head on one modality."""
+    from lungfuse.core.registry import FUSION_GROUP, default_registry
+
+    heads = default_registry().plugins(FUSION_GROUP)
+    return {name: _one_modality_auroc(cls) for name, cls in sorted(heads.items())}
+
+
+def test_every_head_learns_on_a_single_modality_where_concat_learns() -> None:
+    """Each registered fusion head, given only the modality that carries the signal,
+    learns it: far from chance (AUROC > 0.65; chance is 0.5 with a standard error of
+    ~0.025 on ~480 held-out patients), and, the transformer aside (next test), within
+    0.05 of concat's AUROC (2 standard errors of an AUROC near 0.8). The demo
+    ablation's 'mutations | gated' at 0.49 was one cell of a holdout ablation whose
+    per-fold spread is larger than that (docs/training.md)."""
+    got = _head_aurocs()
+    assert {"concat", "gated", "late", "kronecker", "transformer"} <= set(got)
+    ref = got["concat"]
+    assert ref > 0.75, f"concat does not learn the signal (AUROC {ref:.3f})"
+    chance = {k: round(v, 3) for k, v in got.items() if v <= 0.65}
+    assert not chance, f"heads near chance on one modality: {chance}"
+    bad = {k: round(v, 3) for k, v in got.items()
+           if k != "transformer" and v < ref - 0.05}
+    assert not bad, f"heads below concat's {ref:.3f} - 0.05 on one modality: {bad}"
+
+
+@pytest.mark.xfail(strict=True, reason="the transformer head learns one modality more "
+                   "slowly than concat (0.05-0.07 AUROC lower in the same budget): its CLS "
+                   "token sees the modality only through LayerNorm'd tokens; open issue, "
+                   "docs/training.md")
+def test_transformer_head_matches_concat_on_a_single_modality() -> None:
+    got = _head_aurocs()
+    assert got["transformer"] >= got["concat"] - 0.05
