@@ -131,11 +131,36 @@ def _config_hash(cfg: Any, modalities: Sequence[str], heads: Sequence[str]) -> s
     from lungfuse.core.config import config_to_dict
 
     resolved = config_to_dict(cfg)
-    if not resolved.get("baselines"):  # folders from before `baselines` existed still resume
+    if not resolved.get("baselines"):  # the hash of a folder without baselines is unchanged
         resolved.pop("baselines", None)
     blob = json.dumps({"config": resolved, "modalities": list(modalities),
                        "heads": list(heads)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _same_config(folder: Path, state: dict[str, Any], cfg: Any,
+                 modalities: Sequence[str], heads: Sequence[str]) -> bool:
+    """Whether an ablation folder whose stored hash differs from ``cfg``'s is still of the
+    same config: its ``config.yaml`` validated with the current schema (settings added
+    since it was written take their defaults, :func:`~lungfuse.core.rundir.
+    normalised_stored_config`) equals ``cfg``, with the same modalities and heads. The
+    raw hash alone would refuse every folder written before a new setting existed."""
+    import yaml
+
+    from lungfuse.core.config import config_to_dict
+    from lungfuse.core.rundir import _config_difference, normalised_stored_config
+
+    if list(state.get("modalities") or []) != list(modalities) or \
+            list(state.get("heads") or []) != list(heads):
+        return False
+    try:
+        stored = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(stored, dict):
+        return False
+    return _config_difference(config_to_dict(cfg),
+                              normalised_stored_config(stored, folder, type(cfg))) is None
 
 
 def _paired(pred_a: pd.DataFrame, pred_b: pd.DataFrame, task: str, n: int,
@@ -298,7 +323,8 @@ def run_ablation(
     if ablation_dir is not None and (Path(ablation_dir) / "ablation.json").exists():
         folder = Path(ablation_dir)
         state = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
-        if state.get("config_hash") != chash:
+        if state.get("config_hash") != chash and not _same_config(folder, state, cfg, names,
+                                                                  heads):
             raise ConfigError(f"{folder} holds an ablation of another config (or other "
                               "modalities/heads); resume it with the same settings or choose "
                               "another --dir")

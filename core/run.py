@@ -178,13 +178,13 @@ def run_experiment(
     if resume is not None:
         rdir = Path(resume).absolute()
         if rank0:
-            previous = check_resumable(rdir, resolved, splits, source)
+            previous = check_resumable(rdir, resolved, splits, source, type(cfg))
         done = finished_folds(rdir, study.folds, previous or None)
         if rank0:
             check_same_inputs(rdir, done, study)
     else:
         if rank0 and run_dir is None and not os.environ.get(RUN_DIR_ENV):
-            tell_unfinished(out_root.absolute(), config, resolved, say)
+            tell_unfinished(out_root.absolute(), config, resolved, say, type(cfg))
         rdir = new_run_dir(out_root, cfg.name, run_dir)
         done = {}
 

@@ -46,6 +46,7 @@ __all__ = [
     "finished_folds",
     "global_rank",
     "new_run_dir",
+    "normalised_stored_config",
     "one_line",
     "progress_enabled",
     "tell_unfinished",
@@ -259,6 +260,30 @@ def _config_difference(a: Any, b: Any, where: str = "") -> str | None:
     return None if a == b else (where or "<top level>")
 
 
+def normalised_stored_config(stored: Mapping[str, Any], folder: Path,
+                             model: Any = None) -> dict[str, Any]:
+    """A folder's stored ``config.yaml`` validated with the current schema and dumped
+    again, so settings added since it was written take their defaults on both sides of a
+    comparison and only real differences count (a folder from before ``baselines`` or
+    ``training.selection`` existed still resumes). Where the current schema refuses it
+    (a plugin gone, a setting removed), the stored mapping is returned as it is and the
+    comparison names the difference. ``model`` is the config model the current config
+    was validated with (its plugins); without it, that of the installed plugins."""
+    from lungfuse.core.config import config_to_dict, validate_config
+
+    try:
+        if model is not None:
+            cfg = model.model_validate(dict(stored), context={"base_dir": folder,
+                                                              "check_paths": False})
+        else:
+            cfg = validate_config(dict(stored), source=str(folder / "config.yaml"),
+                                  base_dir=folder, check_paths=False)
+    except Exception as exc:  # noqa: BLE001 - any refusal: compare the raw mapping instead
+        log.debug("stored config of %s not normalised: %s", folder, one_line(exc))
+        return dict(stored)
+    return config_to_dict(cfg)
+
+
 def _lookup(cfg: Any, where: str) -> Any:
     node = cfg
     for part in where.replace("[", ".[").split("."):
@@ -338,9 +363,10 @@ def sigterm_interrupts() -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- resume
 def tell_unfinished(out_root: Path, config: Any, resolved: Mapping[str, Any],
-                     say: Any) -> None:
+                     say: Any, config_model: Any = None) -> None:
     """One line about run folders under ``out_root`` that did not finish (newest first),
-    with the command that continues the newest."""
+    with the command that continues the newest (``config_model``: see
+    :func:`normalised_stored_config`)."""
     if not out_root.is_dir():
         return
     found = []
@@ -361,7 +387,8 @@ def tell_unfinished(out_root: Path, config: Any, resolved: Mapping[str, Any],
             stored = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             stored = None
-        if isinstance(stored, dict) and _config_difference(dict(resolved), stored) is None:
+        if isinstance(stored, dict) and _config_difference(
+                dict(resolved), normalised_stored_config(stored, folder, config_model)) is None:
             cfg_hint = str(config)
     more = (f" ({len(found) - 1} more unfinished run folder(s) in {out_root})"
             if len(found) > 1 else "")
@@ -370,10 +397,13 @@ def tell_unfinished(out_root: Path, config: Any, resolved: Mapping[str, Any],
 
 
 def check_resumable(folder: Path, resolved: Mapping[str, Any], splits: pd.DataFrame,
-                     cfg_source: str) -> dict[str, Any]:
+                     cfg_source: str, config_model: Any = None) -> dict[str, Any]:
     """The run.json of an unfinished run folder that this config may continue: refused
     (one line each) when it is no run folder, complete, still running, of another config
-    (naming the first differing setting) or of other splits (the cohort changed)."""
+    (naming the first differing setting) or of other splits (the cohort changed). The
+    stored config is compared after validation with the current schema
+    (``config_model``, the model ``resolved`` came from; :func:`normalised_stored_config`),
+    so settings added since the run started do not count as differences."""
     import pandas as pd
     import yaml
 
@@ -397,6 +427,7 @@ def check_resumable(folder: Path, resolved: Mapping[str, Any], splits: pd.DataFr
         raise ConfigError(f"--resume {folder}: the run is still going (process "
                           f"{run.get('pid')} on {run.get('host')}); wait for it, or stop it "
                           "and resume then")
+    stored = normalised_stored_config(stored, folder, config_model)
     diff = _config_difference(dict(resolved), stored)
     if diff is not None:
         raise ConfigError(f"--resume {folder}: {cfg_source} differs from the run's config at "

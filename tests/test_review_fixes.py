@@ -110,3 +110,122 @@ def test_single_model_bootstrap_small_survival_cohort() -> None:
         out = bootstrap(c, [time, event.astype(float), good], n=500, seed=0, strata=strata)
         assert np.isfinite(out["c"]["ci_low"]) and np.isfinite(out["c"]["ci_high"])
         assert 10 <= out["c"]["n_boot"] <= 500
+
+
+# --------------------------------------------- folders written before the newest settings
+#: settings added in this batch; a folder written before them lacks them
+_NEW_KEYS = {None: ["baselines"], "training": ["selection", "inner_folds", "inner_cv_below"],
+             "evaluation": ["time_unit", "horizons"]}
+
+
+def _strip_new_keys(folder) -> dict:
+    """Rewrite ``folder/config.yaml`` as an older lungfuse wrote it (no new settings);
+    returns the stripped mapping."""
+    import yaml
+
+    path = folder / "config.yaml"
+    d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, keys in _NEW_KEYS.items():
+        target = d if section is None else d[section]
+        for k in keys:
+            target.pop(k, None)
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    return d
+
+
+def test_old_run_folder_without_new_settings_resumes(tmp_path) -> None:
+    import json
+
+    import pytest
+    import yaml
+    from test_reliability_runs import WideModality, config, make_data
+
+    import lungfuse.core.folds as folds
+    from lungfuse.core.errors import ConfigError
+    from lungfuse.core.run import run_experiment
+
+    def run(cfg, **kw):
+        return run_experiment(cfg, plugins=[WideModality], progress=False, **kw)
+
+    data = make_data(tmp_path / "data")
+    cfg = config(data, tmp_path / "out")
+    real, calls = folds.train_fold, {"n": 0}
+
+    def ctrl_c_in_second_fold(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(folds, "train_fold", ctrl_c_in_second_fold)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    mp.undo()
+    (old,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    stripped = _strip_new_keys(old)
+    assert "baselines" not in stripped and "selection" not in stripped["training"]
+    status = json.loads((old / "run.json").read_text(encoding="utf-8"))
+    assert status["status"] == "interrupted"
+
+    # a real difference is still refused, naming the setting
+    other = {**cfg, "training": {**cfg["training"], "max_epochs": 9}}
+    with pytest.raises(ConfigError, match=r"training\.max_epochs"):
+        run(other, resume=old)
+    # so is a new setting given a non-default value
+    inner = {**cfg, "training": {**cfg["training"], "selection": "inner_cv"}}
+    with pytest.raises(ConfigError, match=r"training\.selection"):
+        run(inner, resume=old)
+    assert yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8")) == stripped
+
+    res = run(cfg, resume=old)
+    assert res.run_dir == old and res.resumed == 1
+    assert json.loads((old / "run.json").read_text(encoding="utf-8"))["status"] == "complete"
+
+
+def test_old_ablation_folder_without_new_settings_resumes(tmp_path) -> None:
+    import hashlib
+    import json
+
+    import pytest
+    from test_ablation import CountingModality, Killed, make_data
+
+    import lungfuse.core.folds as folds
+    from lungfuse.core.ablation import run_ablation
+    from lungfuse.core.errors import ConfigError
+
+    cfg = make_data(tmp_path)
+    folder = tmp_path / "abl"
+    real, calls = folds.train_fold, {"n": 0}
+
+    def dying(*a, **k):
+        if calls["n"] == 1:
+            raise Killed("simulated kill")
+        calls["n"] += 1
+        return real(*a, **k)
+
+    kw = {"modalities": ["a"], "heads": ["gated"], "ablation_dir": folder,
+          "plugins": [CountingModality], "progress": False, "report": False}
+    mp = pytest.MonkeyPatch()
+    mp.setattr(folds, "train_fold", dying)
+    with pytest.raises(Killed):
+        run_ablation(cfg, **kw)
+    mp.undo()
+    stripped = _strip_new_keys(folder)
+    state = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
+    # the hash an older lungfuse stored: of the config as it dumped it
+    blob = json.dumps({"config": stripped, "modalities": state["modalities"],
+                       "heads": state["heads"]}, sort_keys=True, default=str)
+    state["config_hash"] = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    (folder / "ablation.json").write_text(json.dumps(state), encoding="utf-8")
+
+    other = {**cfg, "training": {**cfg["training"], "max_epochs": 9}}
+    with pytest.raises(ConfigError, match="another config"):
+        run_ablation(other, **kw)
+    with pytest.raises(ConfigError, match="another config"):
+        run_ablation(cfg, **{**kw, "heads": ["concat"]})
+
+    res = run_ablation(cfg, **kw)
+    assert (res.trained, res.skipped) == (1, 1)
+    done = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
+    assert done["status"] == "complete"
