@@ -316,6 +316,10 @@ def run_ablation(
     variants = variants_of(names, heads)
     baselines = _ablation_baselines(cfg, reg, names, str(config) if isinstance(
         config, str | Path) else "this config")
+    from lungfuse.core.baselines import check_cohort_columns
+
+    check_cohort_columns(baselines, study.cohort.without_outcomes().columns, str(config)
+                         if isinstance(config, str | Path) else "this config")
     bvariants = [Variant(tuple(b.modalities), f"{b.label} (baseline)") for b in baselines]
     chash = _config_hash(cfg, names, heads)
 

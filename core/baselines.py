@@ -59,6 +59,7 @@ __all__ = [
     "available_baselines",
     "baseline_metrics",
     "cli_lines",
+    "check_cohort_columns",
     "design_matrix",
     "fit_and_score",
     "headline_of",
@@ -218,6 +219,27 @@ def resolve_baselines(cfg: Any, registry: Registry, source: str = "config"
         raise ConfigError(f"{source}: baselines: '{dup[0]}' configured twice; give each a "
                           "distinct `name`")
     return out
+
+
+def check_cohort_columns(baselines: Sequence[ResolvedBaseline], columns: Sequence[str],
+                         source: str = "config") -> None:
+    """Refuse, before any run folder exists, a baseline that reads cohort columns the
+    cohort table (``columns``, outcomes excluded) lacks: one line naming the missing
+    column(s), the columns present and the baseline setting that names them. Without it
+    the baseline would fail only after every fold had trained."""
+    have = [str(c) for c in columns]
+    for b in baselines:
+        missing = [c for c in b.plugin.cohort_columns() if c not in have]
+        if not missing:
+            continue
+        cfg = b.plugin.config.model_dump(mode="python")
+        settings = [k for k, v in cfg.items() if isinstance(v, str) and v in missing]
+        fix = (f"set `{'`, `'.join(settings)}` of that baseline to the column's name, or "
+               "to null where the setting allows it"
+               if settings else "add the column(s) to the cohort table")
+        raise ConfigError(f"{source}: baseline '{b.label}' reads cohort column(s) "
+                          f"{', '.join(repr(c) for c in missing)}, which the cohort table "
+                          f"does not have (columns: {', '.join(have) or 'none'}); {fix}")
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:

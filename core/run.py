@@ -150,7 +150,7 @@ def run_experiment(
     from tqdm.auto import tqdm
 
     from lungfuse.core.baselines import add_to_run as add_baselines
-    from lungfuse.core.baselines import resolve_baselines
+    from lungfuse.core.baselines import check_cohort_columns, resolve_baselines
     from lungfuse.core.config import config_to_dict
     from lungfuse.core.evaluation import evaluate_predictions
     from lungfuse.core.features import prepare_fold_features
@@ -174,6 +174,7 @@ def run_experiment(
     resolved = config_to_dict(cfg)
     source = str(config) if isinstance(config, str | os.PathLike) else "this config"
     baselines = resolve_baselines(cfg, study.registry, source)  # bad names: before any folder
+    check_cohort_columns(baselines, study.cohort.without_outcomes().columns, source)
     previous: dict[str, Any] = {}
     if resume is not None:
         rdir = Path(resume).absolute()

@@ -229,3 +229,99 @@ def test_old_ablation_folder_without_new_settings_resumes(tmp_path) -> None:
     assert (res.trained, res.skipped) == (1, 1)
     done = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
     assert done["status"] == "complete"
+
+
+# ------------------------------------------------------------ the brock reference row
+def _brock_row(**over):
+    import pandas as pd
+
+    row = {"ct:long_axis_mm": 12.0, "ct:solid_fraction": 0.1, "ct:margin_irregularity": 0.9,
+           "ct:n_nodules": 1.0, "ct:seg_fallback": 0.0, "age": 65.0, "sex": "F",
+           "family_history": 1}
+    row.update(over)
+    return pd.Series(row)
+
+
+def test_brock_seg_fallback_leaves_type_and_spiculation_missing() -> None:
+    from lungfuse.plugins.clinical.brock import NOTE_FALLBACK, BrockConfig, _probability
+    from lungfuse.plugins.clinical.references import BrockInputs, brock_probability
+
+    cfg = BrockConfig()
+    p_meas, notes = _probability(_brock_row(), "ct:", cfg, 60.0, 8.0)
+    assert notes == []
+    p_fb, notes = _probability(_brock_row(**{"ct:seg_fallback": 1.0}), "ct:", cfg, 60.0, 8.0)
+    assert notes == [NOTE_FALLBACK]
+    ref = brock_probability(BrockInputs(age=65.0, sex="F", family_history=True, size_mm=12.0,
+                                        nodule_count=1)).probability
+    assert p_fb == ref != p_meas
+
+
+def test_brock_malformed_sex_keeps_family_history_and_names_it() -> None:
+    from lungfuse.plugins.clinical.brock import NOTE_SEX, BrockConfig, _probability
+    from lungfuse.plugins.clinical.references import BrockInputs, brock_probability
+    from lungfuse.plugins.imaging_infnet.brock_inputs import (
+        SPICULATION_MIN_IRREGULARITY,
+        nodule_type_of,
+    )
+
+    cfg = BrockConfig()
+    p, notes = _probability(_brock_row(sex="unknown?"), "ct:", cfg, 60.0, 8.0)
+    assert notes == [NOTE_SEX]
+    ct = {"size_mm": 12.0, "nodule_count": 1, "nodule_type": nodule_type_of(0.1),
+          "spiculation": 0.9 >= SPICULATION_MIN_IRREGULARITY}
+    with_fh = BrockInputs(age=65.0, family_history=True, **ct)
+    without = BrockInputs(age=65.0, **ct)
+    assert p == brock_probability(with_fh).probability
+    assert p != brock_probability(without).probability
+
+
+def test_brock_log_names_the_input_missing(caplog) -> None:
+    import logging
+
+    import pandas as pd
+
+    from lungfuse.plugins.clinical.brock import NOTE_AGE, NOTE_FAMILY, BrockConfig, _Fixed
+
+    X = pd.DataFrame([_brock_row(age=float("nan")), _brock_row(family_history="perhaps"),
+                      _brock_row()])
+    with caplog.at_level(logging.INFO, logger="lungfuse"):
+        p = _Fixed(BrockConfig(), 61.0, 9.0).predict(X)
+    assert np.all(np.isfinite(p))
+    lines = [r.getMessage() for r in caplog.records if "baseline brock" in r.getMessage()]
+    assert sorted(lines) == sorted([f"baseline brock: 1 of 3 patients: {NOTE_AGE}",
+                                    f"baseline brock: 1 of 3 patients: {NOTE_FAMILY}"])
+
+
+def test_brock_missing_cohort_column_is_refused_before_any_folder(tmp_path) -> None:
+    import pytest
+    from test_reliability_runs import WideModality, config, make_data
+
+    from lungfuse.core.errors import ConfigError
+    from lungfuse.core.run import run_experiment
+
+    data = make_data(tmp_path / "data")
+    cfg = {**config(data, tmp_path / "out"), "baselines": ["brock"]}
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, plugins=[WideModality], progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "'age', 'sex', 'family_history'" in msg and "(columns: " in msg
+    assert "`age_column`, `sex_column`, `family_history_column`" in msg
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_check_cohort_columns_passes_what_the_cohort_has() -> None:
+    import pytest
+
+    from lungfuse.core.baselines import ResolvedBaseline, check_cohort_columns
+    from lungfuse.core.errors import ConfigError
+    from lungfuse.plugins.clinical.brock import BrockBaseline, BrockConfig
+
+    def resolved(**kw):
+        return [ResolvedBaseline("brock", BrockBaseline(BrockConfig(**kw)), ["ct"], "test")]
+
+    check_cohort_columns(resolved(), ["age", "sex", "family_history", "smoker"])
+    check_cohort_columns(resolved(family_history_column=None), ["age", "sex"])
+    with pytest.raises(ConfigError, match=r"'family_history'.*columns: age, sex\); set "
+                                          r"`family_history_column`"):
+        check_cohort_columns(resolved(), ["age", "sex"])

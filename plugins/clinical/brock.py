@@ -12,10 +12,15 @@ Where each input comes from, per patient:
   ``ct_modality``): size = the long axis; type from the solid fraction and spiculation from
   the margin irregularity, with the thresholds of the patient page
   (:mod:`lungfuse.plugins.imaging_infnet.brock_inputs`); count = the nodules found.
+  Where the segmenter found nothing at the nodule (``seg_fallback``), those two were
+  measured on the annotated ball with parenchyma, so type and spiculation are missing
+  (reference level: solid, no), as on the page; the log counts such patients.
   Upper lobe and emphysema are not among the CT features, so they take the model's
   reference level (not upper lobe, no emphysema), as a missing input does on the page.
 - **Cohort table**: age, sex and family history, columns named by ``age_column``,
-  ``sex_column``, ``family_history_column`` (null: not used, reference level).
+  ``sex_column``, ``family_history_column`` (null: not used, reference level). A named
+  column the cohort lacks is refused before the run starts (one line naming the setting);
+  a malformed sex or family-history value takes that input's reference level only.
 
 Age and size are required by the model. A patient without them (no CT, no nodule found,
 an age blank or out of range) cannot have a Brock probability, yet a reference row must
@@ -67,17 +72,18 @@ class _Fixed:
         self.cfg, self.age, self.size = cfg, age, size
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        from collections import Counter
+
         import numpy as np
 
         ct = _ct_prefix(X, self.cfg)
-        out, filled = [], 0
+        out, notes = [], Counter()
         for _, row in X.iterrows():
-            p, was_filled = _probability(row, ct, self.cfg, self.age, self.size)
+            p, why = _probability(row, ct, self.cfg, self.age, self.size)
             out.append(p)
-            filled += was_filled
-        if filled:
-            log.info("baseline brock: %d of %d patients lacked age or nodule size (or had it "
-                     "out of range) and were scored with the training median", filled, len(X))
+            notes.update(why)
+        for why, n in sorted(notes.items()):
+            log.info("baseline brock: %d of %d patients: %s", n, len(X), why)
         return np.asarray(out, dtype=float)
 
 
@@ -111,9 +117,25 @@ def _size(row: pd.Series, ct: str) -> float | None:
     return float(size)
 
 
+#: What each note of :func:`_probability` says in the log (one line per kind, counted).
+NOTE_AGE = "age missing or outside 18-100 years, scored with the training median age"
+NOTE_SIZE = "no measured nodule (no CT or none found), scored with the training median size"
+NOTE_FALLBACK = ("segmenter found nothing at the nodule (seg_fallback): type and "
+                 "spiculation not measured, taken at the reference level (solid, no)")
+NOTE_SEX = "sex value not female/male (F/M), taken at the reference level"
+NOTE_FAMILY = "family history value not yes/no (1/0), taken at the reference level"
+
+
 def _probability(row: pd.Series, ct: str, cfg: BrockConfig, age_fill: float,
-                 size_fill: float) -> tuple[float, bool]:
-    """(Brock probability, whether age or size was filled in) for one patient."""
+                 size_fill: float) -> tuple[float, list[str]]:
+    """(Brock probability, notes) for one patient; the notes name each input that was
+    filled in or taken at its reference level, and why.
+
+    Where the segmenter found nothing at the nodule (``seg_fallback`` >= 0.5) the solid
+    fraction and margin irregularity were measured on the annotated ball, parenchyma
+    included, so they say nothing of the nodule's type or spiculation: both are treated
+    as missing (the reference level), as on the patient page. A malformed sex or family
+    history value drops that input only."""
     from lungfuse.plugins.imaging_infnet.brock_inputs import (
         SPICULATION_MIN_IRREGULARITY,
         nodule_type_of,
@@ -121,8 +143,10 @@ def _probability(row: pd.Series, ct: str, cfg: BrockConfig, age_fill: float,
 
     from .references import BrockInputs, ReferenceInputError, brock_probability
 
+    notes: list[str] = []
     size = _size(row, ct)
-    filled = size is None
+    if size is None:
+        notes.append(NOTE_SIZE)
     age = _value(row, cfg.age_column)
     try:
         age = float(age) if age is not None else None
@@ -130,21 +154,29 @@ def _probability(row: pd.Series, ct: str, cfg: BrockConfig, age_fill: float,
             age = None
     except (TypeError, ValueError):
         age = None
-    filled |= age is None
+    if age is None:
+        notes.append(NOTE_AGE)
     values: dict[str, Any] = {"age": age_fill if age is None else age,
                               "size_mm": size_fill if size is None else size}
     if size is not None:
-        values["nodule_type"] = nodule_type_of(float(row[ct + "solid_fraction"]))
-        values["spiculation"] = float(row[ct + "margin_irregularity"]) >= \
-            SPICULATION_MIN_IRREGULARITY
+        fallback = _value(row, ct + "seg_fallback")
+        if fallback is not None and float(fallback) >= 0.5:
+            notes.append(NOTE_FALLBACK)
+        else:
+            values["nodule_type"] = nodule_type_of(float(row[ct + "solid_fraction"]))
+            values["spiculation"] = float(row[ct + "margin_irregularity"]) >= \
+                SPICULATION_MIN_IRREGULARITY
         values["nodule_count"] = max(1, int(round(float(row[ct + "n_nodules"]))))
-    for name, col in (("sex", cfg.sex_column), ("family_history", cfg.family_history_column)):
-        values[name] = _value(row, col)
-    try:
-        return brock_probability(BrockInputs(**values)).probability, filled
-    except ReferenceInputError:  # a malformed sex / family-history value: reference level
-        values["sex"] = values["family_history"] = None
-        return brock_probability(BrockInputs(**values)).probability, True
+    for name, col, note in (("sex", cfg.sex_column, NOTE_SEX),
+                            ("family_history", cfg.family_history_column, NOTE_FAMILY)):
+        v = _value(row, col)
+        try:
+            BrockInputs(**{name: v})  # checked alone: a bad one does not drop the other
+        except ReferenceInputError:
+            v = None
+            notes.append(note)
+        values[name] = v
+    return brock_probability(BrockInputs(**values)).probability, notes
 
 
 class BrockBaseline(BaselinePlugin):
