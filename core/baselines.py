@@ -61,6 +61,7 @@ __all__ = [
     "cli_lines",
     "check_cohort_columns",
     "design_matrix",
+    "fold_differences",
     "fit_and_score",
     "headline_of",
     "resolve_baselines",
@@ -443,11 +444,40 @@ def baseline_metrics(baselines: Sequence[ResolvedBaseline], pred: pd.DataFrame,
     return out
 
 
+def fold_differences(model_metrics: Mapping[str, Any], baseline_metrics: Mapping[str, Any],
+                     metric: str) -> dict[str, float]:
+    """Per-fold differences of ``metric`` (model - baseline) over every (seed, fold) test
+    fold both were evaluated on (``per_seed.<s>.per_fold``; folds where either is
+    undefined left out): their ``mean``, ``sd`` (ddof=1), ``folds`` counted and
+    ``baseline_won`` (folds where the baseline's value was higher)."""
+    import numpy as np
+
+    diffs = []
+    for seed, res in (model_metrics.get("per_seed") or {}).items():
+        theirs = ((baseline_metrics.get("per_seed") or {}).get(seed) or {}).get("per_fold") or {}
+        for fold, vals in (res.get("per_fold") or {}).items():
+            a, b = vals.get(metric), (theirs.get(fold) or {}).get(metric)
+            if a is not None and b is not None and np.isfinite(a) and np.isfinite(b):
+                diffs.append(float(a) - float(b))
+    d = np.asarray(diffs, float)
+    return {"mean": float(d.mean()) if len(d) else math.nan,
+            "sd": float(d.std(ddof=1)) if len(d) > 1 else math.nan,
+            "folds": int(len(d)), "baseline_won": int(np.sum(d < 0))}
+
+
 def verdict(model_metrics: Mapping[str, Any], blocks: Mapping[str, Any],
             model_name: str = "the model") -> list[str]:
-    """One sentence per baseline that beats the model on the primary metric: "significantly"
-    when the 95% CI of the paired difference (model − baseline) lies below 0, else "by a
-    higher pooled estimate only" (the CI includes 0). Empty when none does."""
+    """One sentence per baseline that beats the model on the primary metric; empty when
+    none does.
+
+    Binary: on the pooled AUROC (the headline), "beats" when the 95% CI of the paired
+    difference (model - baseline) lies below 0, else "a higher pooled estimate only".
+    Survival: on the per-fold c-index, as the headline (mean +/- sd over folds; pooled
+    risks of separately trained fold models are on different scales): a baseline whose
+    mean per-fold difference (model - baseline) is below 0 gets a sentence with that mean,
+    its sd and how many folds the baseline won; it "beats" the model when it won every
+    fold, else the sentence says the difference is not shown. The pooled paired CI
+    follows, labelled pooled."""
     from lungfuse.core.evaluation import PRIMARY
 
     task = model_metrics.get("task", "binary")
@@ -459,17 +489,34 @@ def verdict(model_metrics: Mapping[str, Any], blocks: Mapping[str, Any],
             continue
         theirs = blk["metrics"]["overall"][primary]["value"]
         d = blk["difference"]
-        if not (theirs == theirs and mine == mine) or theirs <= mine:
-            continue
         ci = (f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d["ci_low"] == d["ci_low"]
               else "(no CI)")
+        if task == "survival":
+            f = fold_differences(model_metrics, blk["metrics"], primary)
+            if not f["folds"] or not f["mean"] < 0:
+                continue
+            sd = f"{f['sd']:.3f}" if f["sd"] == f["sd"] else "n/a"
+            head = (f"mean per-fold difference (model - {label}) {f['mean']:+.3f} +/- {sd} "
+                    f"(sd over {f['folds']} folds; {label} higher in {f['baseline_won']} of "
+                    f"{f['folds']})")
+            pooled = f"pooled paired difference {d['difference']:+.3f} {ci}"
+            if f["baseline_won"] == f["folds"] and f["folds"] > 1:
+                out.append(f"Baseline {label} beats {model_name} on the per-fold {primary} in "
+                           f"every fold: {head}; {pooled}.")
+            else:
+                out.append(f"Baseline {label} has a higher mean per-fold {primary} than "
+                           f"{model_name}, not in every fold: {head}; {pooled}. A higher mean "
+                           "only, not a shown difference.")
+            continue
+        if not (theirs == theirs and mine == mine) or theirs <= mine:
+            continue
         if d["ci_high"] == d["ci_high"] and d["ci_high"] < 0:
             out.append(f"Baseline {label} beats {model_name}: pooled {primary} {theirs:.3f} "
-                       f"vs {mine:.3f}; the paired difference (model - {label}) is "
+                       f"vs {mine:.3f}; the pooled paired difference (model - {label}) is "
                        f"{d['difference']:+.3f} {ci}, a 95% CI that excludes 0.")
         else:
             out.append(f"Baseline {label} has a higher pooled {primary} than {model_name} "
-                       f"({theirs:.3f} vs {mine:.3f}), but the 95% CI of the paired "
+                       f"({theirs:.3f} vs {mine:.3f}), but the 95% CI of the pooled paired "
                        f"difference (model - {label}) {ci} includes 0: a higher mean "
                        "only, not a shown difference.")
     return out

@@ -325,3 +325,54 @@ def test_check_cohort_columns_passes_what_the_cohort_has() -> None:
     with pytest.raises(ConfigError, match=r"'family_history'.*columns: age, sex\); set "
                                           r"`family_history_column`"):
         check_cohort_columns(resolved(), ["age", "sex"])
+
+
+# ------------------------------------------------------------------ survival verdict
+def _surv_metrics(per_fold: dict[str, float], pooled: float) -> dict:
+    return {"task": "survival", "overall": {"harrell_c": {"value": pooled}},
+            "per_seed": {"0": {"per_fold": {k: {"harrell_c": v} for k, v in per_fold.items()}}}}
+
+
+def _block(metrics: dict, diff: float = 0.0) -> dict:
+    return {"status": "ok", "metrics": metrics,
+            "difference": {"difference": diff, "ci_low": diff - 0.05, "ci_high": diff + 0.05}}
+
+
+def test_survival_verdict_reads_per_fold_c_index_not_pooled() -> None:
+    from lungfuse.core.baselines import fold_differences, verdict
+
+    model = _surv_metrics({"0": 0.70, "1": 0.72, "2": 0.68}, pooled=0.60)
+    # the baseline's pooled c-index is higher (pooling mixes the fold models' scales),
+    # but it is lower in every fold: no sentence
+    worse = _surv_metrics({"0": 0.65, "1": 0.66, "2": 0.60}, pooled=0.66)
+    assert verdict(model, {"cox": _block(worse)}) == []
+    # higher in every fold: it beats the model, said with mean, sd and folds won
+    better = _surv_metrics({"0": 0.75, "1": 0.76, "2": 0.73}, pooled=0.55)
+    f = fold_differences(model, better, "harrell_c")
+    assert f["folds"] == 3 and f["baseline_won"] == 3
+    assert f["mean"] == _approx(-0.0466667)
+    (s,) = verdict(model, {"cox": _block(better, diff=0.05)})
+    assert s.startswith("Baseline cox beats the model on the per-fold harrell_c in every fold")
+    assert "-0.047 +/- " in s and "cox higher in 3 of 3" in s and "pooled paired" in s
+    # higher on average but not in every fold: a higher mean only
+    mixed = _surv_metrics({"0": 0.80, "1": 0.70, "2": 0.67}, pooled=0.50)
+    (s,) = verdict(model, {"cox": _block(mixed)})
+    assert "not in every fold" in s and "cox higher in 1 of 3" in s
+
+
+def test_binary_verdict_still_pooled_and_says_so() -> None:
+    from lungfuse.core.baselines import verdict
+
+    model = {"task": "binary", "overall": {"auroc": {"value": 0.70}}}
+    base = {"status": "ok", "metrics": {"overall": {"auroc": {"value": 0.80}}},
+            "difference": {"difference": -0.10, "ci_low": -0.15, "ci_high": -0.05}}
+    (s,) = verdict(model, {"lr": base})
+    assert "beats the model" in s and "pooled auroc 0.800 vs 0.700" in s
+    base["metrics"]["overall"]["auroc"]["value"] = 0.65
+    assert verdict(model, {"lr": base}) == []
+
+
+def _approx(x: float):
+    import pytest
+
+    return pytest.approx(x, abs=1e-6)
