@@ -474,6 +474,10 @@ def scale_report(res: dict, argv: str) -> str:
         f"{f(peak32, 0)} GFLOP/s, bf16 {f(peak16, 0)} GFLOP/s. The host was shared with "
         "other jobs (a long benchmark holds one core): the load average is given beside "
         "each figure, and with load above the core count every figure is a lower bound.",
+        *([""] + [f"Not measured in this run: {', '.join(missing)} (see the note at the end)."]
+          if (missing := [k for k in ("ranks", "cache", "train_precision", "int8", "roofline",
+                                      "profile") if not res.get(k) or "error" in res[k]])
+          else []),
         "", "## Ranks: `lungfuse segment predict --processes N`", "",
         f"{rk.get('n_scans', 'n/a')} synthetic scans (128 px, 24 slices), res2net50d "
         "(untrained), float32 eager. 'loop' is the slowest rank's segmenting time; 'wall' "
@@ -538,6 +542,8 @@ def scale_report(res: dict, argv: str) -> str:
                   f"(ceiling {f(peak16 / gflop, 1)} slices/s).", "",
                   "| op (CPU self time) | share | calls |", "|---|---|---|"]
         lines += [f"| {o['op']} | {o['share']:.1%} | {o['calls']} |" for o in pr["ops"]]
+    if res.get("note"):
+        lines += ["", "## Note", "", res["note"]]
     return "\n".join(lines) + "\n"
 
 
