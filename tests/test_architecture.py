@@ -120,9 +120,10 @@ def test_no_core_module_imports_a_plugin() -> None:
 #: used there in core's sense: a file `path`, the `train` split, the string "nan" of a
 #: metric table, ablation `heads`, training `epochs`, a `checkpoint` file of a fold, the
 #: `format` tag of a fitted-state file, and the synthetic cohort's scan `slices` and
-#: nodule `candidates` (core's synthetic CT writer makes that file itself).
+#: nodule `candidates` (core's synthetic CT writer makes that file itself), and the dtype
+#: name `int8` (core's safetensors reader lists the tensor dtypes it accepts).
 GENERIC = {"path", "train", "nan", "heads", "epochs", "checkpoint", "slices", "format",
-           "candidates"}
+           "candidates", "int8"}
 
 
 def _fields(model: type, seen: set[type]) -> set[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lungfuse.schemas import InputPath, OutputPath
 
@@ -187,6 +187,20 @@ class FastPath(_Section):
                        "predictor; needs the torchao package. Replaces bf16.")
 
 
+def fast_from_config(fast: FastPath) -> FastPath:
+    """``fast`` as a config file may set it: ``int8`` is refused, because neither
+    ``segment predict`` nor the CT modality has training slices to calibrate the int8
+    ranges on yet; int8 is reached through the Python API (``infer.Predictor(...,
+    calibration=...)``, docs/scaling.md). Refused at validation, so the error comes before
+    any output folder exists rather than after the scans are read."""
+    if fast.int8:
+        raise ValueError("fast.int8 cannot be set in a config yet (segment predict and the CT "
+                         "modality pass no calibration slices); remove it, or use "
+                         "infer.Predictor(..., calibration=training_slices) from Python "
+                         "(docs/scaling.md)")
+    return fast
+
+
 class BrockSettings(_Section):
     """Where the patient page's Brock (PanCan) section takes the inputs the CT cannot give.
 
@@ -227,6 +241,8 @@ class SegmentConfig(_Section):
     fast: FastPath = Field(default_factory=FastPath)
     threshold: float = Field(default=0.5, gt=0, lt=1)
     overlays: bool = True
+
+    _fast_from_config = field_validator("fast")(fast_from_config)
     mode: Literal["supervised", "semi"] = Field(
         default="supervised", description="train: supervised, or semi-supervised (see `semi`).")
     semi: SemiSettings = Field(default_factory=SemiSettings)

@@ -130,12 +130,30 @@ def compile_cache_root() -> Path | None:
 
 
 def compile_cache_dir(key: str) -> Path | None:
-    """The folder of one key's inductor caches (created), or ``None`` when off."""
+    """The folder of one key's inductor caches (created, private to this user), or
+    ``None`` when off.
+
+    Inductor imports the compiled code it finds there, so a folder that another user
+    could write to would let them plant code: the root and the key's folder are created
+    with mode 0o700, and an existing one that is not this user's, or that group or
+    others may write, is refused in one line (use a private folder, or ``off``)."""
+    import stat
+
+    from lungfuse.core.errors import ConfigError
+
     root = compile_cache_root()
     if root is None:
         return None
     d = root / key
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (root, d):
+        st = folder.stat()
+        if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & (
+                stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(f"{folder}: the compile cache folder is not private to this "
+                              f"user (owner or write permission); compiled code is loaded "
+                              f"from it. Point {COMPILE_CACHE_ENV} at a folder only you can "
+                              f"write, or set it to off")
     return d
 
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lungfuse.core.contracts import (
     ModalityConfig,
@@ -24,7 +24,7 @@ from lungfuse.core.contracts import (
 from lungfuse.core.errors import DataError
 from lungfuse.schemas import InputPath
 
-from .config import BrockSettings, FastPath, SliceSettings, TrainSettings
+from .config import BrockSettings, FastPath, SliceSettings, TrainSettings, fast_from_config
 
 log = logging.getLogger("lungfuse.imaging")
 
@@ -87,6 +87,7 @@ class InfNetConfig(ModalityConfig):
     train: TrainSettings = Field(default_factory=_default_train)
     slices: SliceSettings = Field(default_factory=lambda: SliceSettings(img_size=128))
     fast: FastPath = Field(default_factory=FastPath)
+    _fast_from_config = field_validator("fast")(fast_from_config)
     threshold: float = Field(default=0.5, gt=0, lt=1)
     candidate_diameter_mm: float = Field(default=10.0, gt=0,
                                          description="Search size where a candidate has none.")
