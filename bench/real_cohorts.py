@@ -422,7 +422,7 @@ def read_baselines(c: Cohort, run_dir: Path) -> dict[str, dict[str, Any]]:
         out[name].update(pooled=float(sum(pooled) / len(pooled)), pooled_per_seed=pooled,
                          seconds=b.get("seconds"),
                          fold_summary=b["metrics"].get("fold_summary", {}).get(key))
-        print(f"    {name}: {out[name]['mean']:.3f} ± {out[name]['sd']:.3f} over "
+        print(f"    {name}: {out[name]['mean']:.3f} +/- {out[name]['sd']:.3f} over "
               f"{out[name]['folds']} folds (pooled {out[name]['pooled']:.3f})", flush=True)
     return out
 
@@ -533,7 +533,7 @@ def bench_cohort(c: Cohort, variants: list[str], folds: int, seeds: list[int],
             out["folds_from"] = v
         r["same_test_folds"] = sets == folds_ref
         out["lungfuse"][v] = r
-        print(f"  lungfuse [{v}] {r['mean']:.3f} ± {r['sd']:.3f} over {r['folds']} folds "
+        print(f"  lungfuse [{v}] {r['mean']:.3f} +/- {r['sd']:.3f} over {r['folds']} folds "
               f"(pooled {r['pooled']:.3f}), {secs:.0f} s"
               + (f" (reused {run_dir.name})" if reused else ""), flush=True)
     ok = {k: v for k, v in out["lungfuse"].items() if "error" not in v}
@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     stem = args.out or (RESULTS / "tmp" / "real_cohorts_quick" if args.quick
                         else RESULTS / "real_cohorts")
-    print(f"real cohorts {names}, variants {variants}, {folds} folds × seeds {seeds}; "
+    print(f"real cohorts {names}, variants {variants}, {folds} folds x seeds {seeds}; "
           f"work folder {WORK}", flush=True)
 
     result: dict[str, Any] = {"cohorts": {}}
@@ -785,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
         tmp.replace(path)
     print(f"\nwrote {md} and {js} ({result['meta']['wall_seconds'] / 60:.1f} min)", flush=True)
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        # the table has ±, ⚠ ...: under an ASCII locale print what the terminal can show
+        sys.stdout.reconfigure(errors="replace")
     print(markdown(result).split("\n⚠")[0], flush=True)
     return 0
 

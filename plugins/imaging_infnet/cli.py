@@ -198,11 +198,13 @@ def predict_cmd(config: Path, checkpoint: Path | None, no_fast: bool, processes:
         return
     if no_fast:
         cfg.fast.enabled = False
+    # the checkpoint first: one that is refused (foreign, crafted, damaged) is the error to
+    # report, before the CT folder is searched
+    pred, _ = _predictor(cfg, checkpoint)
     items = _selected(cfg)
     mine = rk.share(items, here, key=lambda it: it[0])
     import time
 
-    pred, _ = _predictor(cfg, checkpoint)
     written: list[str] = []
     skipped: dict[str, str] = {}
     t0 = time.perf_counter()
