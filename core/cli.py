@@ -91,7 +91,7 @@ def cli(debug: bool) -> None:
       lungfuse synth data/ --preset demo     # a synthetic cohort in the real formats
       lungfuse validate experiment.yaml      # check a config before running it
       lungfuse run experiment.yaml           # train + evaluate; artefacts in a run folder
-      lungfuse plugins                       # what modalities and fusion heads exist
+      lungfuse plugins                       # what modalities, heads and baselines exist
 
     Configs are YAML, validated against `schemas/lungfuse.schema.json`.
     """
@@ -105,11 +105,12 @@ def plugins_cmd(as_json: bool) -> None:
     A plugin that fails to import or targets another plugin-API version is shown with
     its reason; the other plugins are unaffected.
     """
+    from lungfuse.core.baselines import BASELINE_GROUP
     from lungfuse.core.registry import COMMAND_GROUP, PLUGIN_GROUPS, default_registry
 
     reg = default_registry()
     rows = []
-    for group in PLUGIN_GROUPS:
+    for group in (*PLUGIN_GROUPS, BASELINE_GROUP):
         for e in reg.load_all(group, warn=False):
             rows.append(e)
     for e in reg.entries(COMMAND_GROUP):
@@ -171,11 +172,18 @@ def schema_text(model: type) -> str:
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_cmd(config: Path) -> None:
     """Check an experiment config (keys, types, plugin kinds, data files) without running it."""
+    from lungfuse.core.baselines import resolve_baselines
     from lungfuse.core.config import load_config
+    from lungfuse.core.registry import default_registry
 
     cfg = load_config(config)
+    # baselines are plugins of their own group: a name that is not installed, or one
+    # unsuited to the task, is refused here as `run` would refuse it
+    baselines = resolve_baselines(cfg, default_registry(), source=str(config))
     mods = ", ".join(f"{m.modality_name} ({m.kind})" for m in cfg.modalities)
-    click.echo(f"ok: {config}: task {cfg.task.kind}; modalities {mods}; fusion {cfg.fusion.kind}")
+    extra = f"; baselines {', '.join(b.label for b in baselines)}" if baselines else ""
+    click.echo(f"ok: {config}: task {cfg.task.kind}; modalities {mods}; "
+               f"fusion {cfg.fusion.kind}{extra}")
 
 
 def _from_ctrl_c(exc: BaseException) -> bool:

@@ -220,6 +220,33 @@ def test_cli_unknown_baseline_exits_2_with_one_line(data, tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_validate_refuses_what_run_refuses_and_plugins_lists_baselines(data, tmp_path) -> None:
+    """`lungfuse validate` checks baseline names as `run` does; `lungfuse plugins` lists the
+    baselines group beside modalities and fusion heads."""
+    import yaml
+
+    cfg = config(data, "survival", baselines=["logreg"], output_dir=str(tmp_path / "runs"))
+    cfg["modalities"] = cfg["modalities"][1:]  # the installed cnv modality alone
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "validate", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "baselines[0]" in lines[0] and "coxnet" in lines[0]
+    cfg["baselines"] = ["coxnet"]
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "validate", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "baselines coxnet" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "plugins", "--json"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    rows = {(r["group"], r["name"]): r["status"] for r in json.loads(res.stdout)}
+    assert {("lungfuse.baselines", n) for n in ("logreg", "coxnet", "rsf")} <= set(rows)
+    assert rows[("lungfuse.baselines", "coxnet")] == "ok"
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------ third party, no fit
 THIRD_PARTY = '''
 from typing import Literal

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
+from scipy.stats import skew
+from sklearn.preprocessing import PowerTransformer
 
 from lungfuse.core.contracts import ModalityContext
 from lungfuse.core.errors import ConfigError, DataError
@@ -84,8 +86,13 @@ def test_fit_on_training_patients_only(tmp_path: Path) -> None:
     train_age = df.loc[TRAIN, "age"]
     assert state["fill"][0] == pytest.approx(train_age.median())
     imputed = train_age.fillna(train_age.median())
-    assert state["center"][0] == pytest.approx(imputed.mean())
-    assert state["scale"][0] == pytest.approx(imputed.std(ddof=0))
+    # Yeo-Johnson lambda from the observed training values only, then the training mean/sd
+    power = PowerTransformer(method="yeo-johnson", standardize=False)
+    power.fit(train_age.dropna().to_frame())
+    assert state["lambdas"][0] == pytest.approx(power.lambdas_[0])
+    transformed = power.transform(imputed.to_frame())[:, 0]
+    assert state["center"][0] == pytest.approx(transformed.mean())
+    assert state["scale"][0] == pytest.approx(transformed.std(ddof=0))
     assert state["levels"] == [["F", "M"]]
 
     # held-out patients' values change wildly (and gain a new level): the fit does not move
@@ -116,7 +123,7 @@ def test_state_is_plain_json_and_round_trips(tmp_path: Path) -> None:
 
 # -- missing values ----------------------------------------------------------------------------
 def test_missing_values_are_flagged_not_zero(tmp_path: Path) -> None:
-    m = fitted(tmp_path, scale=False)
+    m = fitted(tmp_path, scale=False, transform="none")
     f = m.transform(features_only(rows()), ctx(tmp_path))
     assert list(f.columns) == ["age", "age__missing", "pack_years", "pack_years__missing",
                                "sex=F", "sex=M", "sex__missing"]
@@ -127,10 +134,58 @@ def test_missing_values_are_flagged_not_zero(tmp_path: Path) -> None:
     assert f.loc[P[3], ["sex=F", "sex=M", "sex__missing"]].tolist() == [0.0, 0.0, 1.0]
     assert f.loc[P[1], ["sex=F", "sex=M", "sex__missing"]].tolist() == [0.0, 1.0, 0.0]
     # scaled: the imputed value sits where the median does on the training scale
-    s = fitted(tmp_path).transform(features_only(rows()), ctx(tmp_path))
-    st = fitted(tmp_path).state_dict()
+    s = fitted(tmp_path, transform="none").transform(features_only(rows()), ctx(tmp_path))
+    st = fitted(tmp_path, transform="none").state_dict()
     assert s.loc[P[2], "age"] == pytest.approx((median - st["center"][0]) / st["scale"][0])
     assert s.loc[P[2], "age__missing"] == 1.0
+
+
+def skewed_rows(n: int = 60) -> pd.DataFrame:
+    """A right-skewed count (like positive lymph nodes), a 0/1 code, an age; two missing."""
+    rng = np.random.default_rng(3)
+    ids = [f"TCGA-SK-{i:04d}" for i in range(n)]
+    nodes = np.floor(rng.lognormal(0.5, 1.2, n))
+    nodes[[4, 9]] = np.nan
+    return pd.DataFrame({"nodes": nodes, "code": rng.integers(0, 2, n).astype(float),
+                         "age": rng.normal(60, 8, n)}, index=pd.Index(ids, name="patient_id"))
+
+
+def test_yeo_johnson_unskews_keeps_order_and_leaves_binary_codes(tmp_path: Path) -> None:
+    df = skewed_rows()
+    train = df.index[:45]
+    c = ctx(tmp_path)
+    feats = {}
+    for transform in ("yeo-johnson", "none"):
+        m = ClinicalModality(ClinicalConfig(numeric=["nodes", "code", "age"],
+                                            transform=transform))
+        m.prepare(df.loc[train], c)
+        feats[transform] = m.transform(df, c)
+        state = m.state_dict()
+    yj, plain = feats["yeo-johnson"], feats["none"]
+    seen = df["nodes"].notna()
+    observed = [p for p in train if seen[p]]
+    assert abs(skew(yj.loc[observed, "nodes"])) < 0.5 * abs(skew(plain.loc[observed, "nodes"]))
+    # monotone: every pair of patients keeps its order (held-out ones included)
+    order = np.argsort(df.loc[seen, "nodes"].to_numpy(), kind="stable")
+    assert np.all(np.diff(yj.loc[seen, "nodes"].to_numpy()[order]) >= -1e-12)
+    # a 0/1 code is not transformed, only standardised; missing indicators untouched
+    np.testing.assert_allclose(yj["code"], plain["code"])
+    pd.testing.assert_series_equal(yj["nodes__missing"], plain["nodes__missing"])
+    assert state["lambdas"] == [1.0, 1.0, 1.0]  # the last state: transform none
+
+
+def test_state_without_lambdas_applies_the_identity(tmp_path: Path) -> None:
+    """A run folder written before the transform existed still scores, as it did."""
+    m = fitted(tmp_path, transform="none")
+    old = {k: v for k, v in m.state_dict().items() if k not in ("lambdas", "transform")}
+    restored = ClinicalModality(ClinicalConfig(numeric=["age", "pack_years"],
+                                               categorical=["sex"]))
+    restored.load_state_dict(old)
+    c = ctx(tmp_path)
+    pd.testing.assert_frame_equal(restored.transform(features_only(rows()), c),
+                                  m.transform(features_only(rows()), c))
+    with pytest.raises(DataError, match="lambda"):
+        restored.load_state_dict({**old, "lambdas": [1.0]})
 
 
 def test_patients_without_any_value_are_absent(tmp_path: Path) -> None:

@@ -2,15 +2,23 @@
 
 Fit (training patients only, those with at least one configured value):
 
-- numeric columns: :class:`sklearn.impute.SimpleImputer` (median or mean) then
-  :class:`sklearn.preprocessing.StandardScaler`; a feature is
-  :math:`(x_{\\text{imputed}} - \\mu) / \\sigma` with :math:`\\mu, \\sigma` the training
-  mean and sd after imputation (σ = 1 for a constant column, as scikit-learn does);
+- numeric columns: :class:`sklearn.impute.SimpleImputer` (median or mean), then (with
+  ``transform: yeo-johnson``, the default) the Yeo-Johnson power transform
+  :math:`\\psi_\\lambda` with :math:`\\lambda` fitted by maximum likelihood
+  (:class:`sklearn.preprocessing.PowerTransformer`) on the training patients' *observed*
+  values (imputed ones would pile up at the median), applied with
+  :func:`scipy.stats.yeojohnson`; then :class:`sklearn.preprocessing.StandardScaler`. A
+  feature is :math:`(\\psi_\\lambda(x_{\\text{imputed}}) - \\mu) / \\sigma` with
+  :math:`\\mu, \\sigma` the training mean and sd after imputation and transform (σ = 1 for a
+  constant column, as scikit-learn does). A column with fewer than 3 distinct training
+  values keeps :math:`\\lambda = 1` (the identity). The transform is monotone, so a forest
+  sees the same orderings; linear and neural heads see skewed columns (node counts,
+  receptor levels) near-normal instead of dominated by a few extreme patients;
 - categorical columns: :class:`sklearn.preprocessing.OneHotEncoder` with
   ``handle_unknown="ignore"`` over the training levels, missing values mapped to an
   explicit level first.
 
-Only the fitted numbers are kept (fill values, means, sds, level lists, as plain JSON
+Only the fitted numbers are kept (fill values, lambdas, means, sds, level lists, as plain JSON
 types), never the scikit-learn objects: a run folder's state must not execute code when
 loaded, and stored numbers survive scikit-learn upgrades. :func:`apply` uses them directly.
 
@@ -183,7 +191,8 @@ def fit(cfg: ClinicalConfig, tab: pd.DataFrame, log: logging.Logger) -> dict[str
     categorical = [c for c in cfg.categorical if c not in dropped]
     state: dict[str, Any] = {"format": STATE_FORMAT, "n_train": len(rows),
                              "impute": cfg.impute, "scaled": cfg.scale,
-                             "numeric": numeric, "fill": [], "center": [], "scale": [],
+                             "numeric": numeric, "fill": [], "lambdas": [],
+                             "transform": cfg.transform, "center": [], "scale": [],
                              "categorical": categorical, "levels": [], "dropped": dropped}
     columns: list[str] = []
     if numeric:
@@ -191,6 +200,9 @@ def fit(cfg: ClinicalConfig, tab: pd.DataFrame, log: logging.Logger) -> dict[str
         imputer = SimpleImputer(strategy=cfg.impute).fit(x)
         filled = imputer.transform(x)
         state["fill"] = [float(v) for v in imputer.statistics_]
+        state["transform"] = cfg.transform
+        state["lambdas"] = _fit_lambdas(x, cfg.transform)
+        filled = _power(filled, state["lambdas"])
         if cfg.scale:
             scaler = StandardScaler().fit(filled)
             state["center"] = [float(v) for v in scaler.mean_]
@@ -220,6 +232,35 @@ def fit(cfg: ClinicalConfig, tab: pd.DataFrame, log: logging.Logger) -> dict[str
     return state
 
 
+def _fit_lambdas(x: np.ndarray, transform: str) -> list[float]:
+    """Yeo-Johnson lambdas per column of ``x`` (training rows, NaN = missing), fitted on the
+    observed values; 1.0 (the identity) with ``transform: none`` and for a column with fewer
+    than 3 distinct observed values (binary codes stay as they are)."""
+    from sklearn.preprocessing import PowerTransformer
+
+    lambdas = []
+    for j in range(x.shape[1]):
+        col = x[:, j][~np.isnan(x[:, j])]
+        if transform == "none" or np.unique(col).size < 3:
+            lambdas.append(1.0)
+            continue
+        fitted = PowerTransformer(method="yeo-johnson", standardize=False).fit(col[:, None])
+        lam = float(fitted.lambdas_[0])
+        lambdas.append(lam if np.isfinite(lam) else 1.0)
+    return lambdas
+
+
+def _power(x: np.ndarray, lambdas: list[float]) -> np.ndarray:
+    """``x`` (no NaN) with each column through Yeo-Johnson at its fitted lambda."""
+    from scipy.stats import yeojohnson
+
+    out = np.array(x, dtype="float64", copy=True)
+    for j, lam in enumerate(lambdas):
+        if lam != 1.0:
+            out[:, j] = yeojohnson(out[:, j], lmbda=lam)
+    return out
+
+
 def check_state(state: Any) -> dict[str, Any]:
     """A fitted state as :func:`fit` returns it (lists may arrive as numpy arrays)."""
     missing = [k for k in _STATE_KEYS if k not in state]
@@ -230,6 +271,14 @@ def check_state(state: Any) -> dict[str, Any]:
     out = dict(state)
     for k in ("fill", "center", "scale"):
         out[k] = [float(v) for v in np.asarray(state[k], dtype="float64").ravel()]
+    # states written before the power transform existed have no lambdas: the identity
+    lambdas = state.get("lambdas")
+    lambdas = [1.0] * len(out["fill"]) if lambdas is None else lambdas
+    out["lambdas"] = [float(v) for v in np.asarray(lambdas, dtype="float64").ravel()]
+    if len(out["lambdas"]) != len(out["fill"]) or not np.isfinite(out["lambdas"]).all():
+        raise DataError(f"clinical: fitted state has {len(out['lambdas'])} transform "
+                        f"lambda(s) for {len(out['fill'])} numeric column(s), or a "
+                        "non-finite one; re-run the experiment with this lungfuse version")
     for k in ("numeric", "categorical", "columns"):
         out[k] = [str(v) for v in state[k]]
     out["levels"] = [[str(v) for v in lv] for lv in state["levels"]]
@@ -246,6 +295,7 @@ def apply(state: dict[str, Any], tab: pd.DataFrame, log: logging.Logger) -> pd.D
         x = rows[numeric].to_numpy(dtype="float64")
         miss = np.isnan(x)
         x = np.where(miss, np.asarray(state["fill"]), x)
+        x = _power(x, state.get("lambdas") or [1.0] * len(numeric))
         x = (x - np.asarray(state["center"])) / np.asarray(state["scale"])
         for j, c in enumerate(numeric):
             out[c] = x[:, j]

@@ -48,7 +48,8 @@ class ClinicalConfig(ModalityConfig):
     numeric: list[str] = Field(
         default_factory=list,
         description="Numeric covariate columns (e.g. age, pack_years): imputed with the "
-        "training median/mean, standardised with training mean/sd, plus a `<col>__missing` "
+        "training median/mean, Yeo-Johnson transformed (see `transform`) and standardised "
+        "with training mean/sd, plus a `<col>__missing` "
         "indicator each.",
     )
     categorical: list[str] = Field(
@@ -69,6 +70,15 @@ class ClinicalConfig(ModalityConfig):
         default="median",
         description="Value a missing numeric entry is replaced with (fitted on training "
         "patients); its `<col>__missing` indicator is 1 for that patient.",
+    )
+    transform: Literal["yeo-johnson", "none"] = Field(
+        default="yeo-johnson",
+        description="Power transform of each numeric column before scaling: `yeo-johnson` "
+        "(a monotone map with its lambda fitted by maximum likelihood on the training "
+        "patients' observed values; makes skewed columns such as node counts or receptor "
+        "levels near-normal, which linear and neural heads need and forests do not); "
+        "`none` keeps the values as they are. Columns with fewer than 3 distinct training "
+        "values are left as they are.",
     )
     scale: bool = Field(
         default=True,
