@@ -97,6 +97,7 @@ def test_metrics_json_holds_the_baseline_beside_the_model(binary_run) -> None:
 def test_report_shows_the_baselines(binary_run) -> None:
     text = (binary_run.run_dir / "report.html").read_text(encoding="utf-8")
     assert "Model beside classical baselines" in text and "logreg (baseline)" in text
+    assert "training.selection: holdout" in text  # the Splits section says how it chose
     m = json.loads((binary_run.run_dir / "metrics.json").read_text(encoding="utf-8"))
     for sentence in m["baseline_verdict"]:
         assert sentence.split(":")[0] in text

@@ -54,6 +54,12 @@ def test_calibration_names_a_group_still_not_estimable() -> None:
     assert c["groups_not_estimable"] == [5]
     assert np.isnan(c["groups"][4]["observed"])
     assert np.isfinite(c["ici"])
+    # the report's risk-by-year table names that group rather than dropping it silently
+    from lungfuse.core.report.run import _horizon_note
+
+    h = {"estimable": True, "reason": "", "pooled": c}
+    assert _horizon_note(h).startswith("risk group(s) 5 of 5 (pooled)")
+    assert _horizon_note({**h, "pooled": {**c, "groups_not_estimable": []}}) == ""
 
 
 def _small_survival() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

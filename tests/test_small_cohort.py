@@ -156,6 +156,13 @@ def test_inner_cv_run_folder_scores_to_its_own_predictions(inner_run) -> None:
                                    mine["prob_calibrated"].to_numpy(), rtol=1e-6)
 
 
+def test_inner_cv_report_says_how_the_epochs_were_chosen(inner_run, data) -> None:
+    """The report's Splits section describes the run's own selection, not holdout's."""
+    text = (inner_run.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "training.selection: inner_cv" in text and "no validation split" in text
+    assert "is carved from each training fold" not in text
+
+
 def test_inner_cv_survival_run(data) -> None:
     res = run(config(data, "survival", "concat",
                      training={"selection": "inner_cv", "inner_folds": 3, "max_epochs": 3}))

@@ -65,8 +65,16 @@ def _split_section(folder: Path, pred: Any, task: str) -> Section | None:
     order = ["seed", "fold"] + [f"{s} {v}" for s in ("train", "val", "test")
                                 for v in ("patients", "positives") if f"{s} {v}" in wide]
     what = "positives" if task == "binary" else "events"
-    return Section("Splits", text=[f"Patient-level, stratified, seeded splits; validation is "
-                                   f"carved from each training fold ('positives' = {what})."],
+    if (splits["split"] == "val").any():
+        how = ("validation (early stopping, calibration) is carved from each training fold "
+               "(training.selection: holdout)")
+    else:
+        how = ("no validation split: the epoch count is chosen by inner cross-validation on "
+               "each training fold's patients, the model is refitted on all of them, and "
+               "calibration is fitted on the inner models' out-of-fold outputs "
+               "(training.selection: inner_cv)")
+    return Section("Splits", text=[f"Patient-level, stratified, seeded splits; {how} "
+                                   f"('positives' = {what})."],
                    tables=[wide[order]])
 
 
@@ -203,6 +211,19 @@ def _modality_sections(folder: Path, pred: Any, registry: Registry | None = None
     return sections_of(named)
 
 
+def _horizon_note(h: Mapping[str, Any]) -> str:
+    """Why a horizon, or some of its risk groups, could not be checked."""
+    if not h["estimable"]:
+        return f"not estimable: {h['reason']}"
+    missing = list(h["pooled"].get("groups_not_estimable") or [])
+    if not missing:
+        return ""
+    k = len(h["pooled"].get("groups") or [])
+    return (f"risk group(s) {', '.join(str(g) for g in missing)} of {k} (pooled): every "
+            "patient still at risk was censored before h, so no observed risk; left out "
+            "of ICI and slope")
+
+
 def _horizon_section(horizons: list[Mapping[str, Any]], unit: str | None) -> Section:
     """"Risk by year": per horizon, held-out calibration of P(event by h) against
     Kaplan-Meier per risk group (mean ± sd over folds, and the pooled points in a figure),
@@ -228,7 +249,7 @@ def _horizon_section(horizons: list[Mapping[str, Any]], unit: str | None) -> Sec
             "mean predicted": ms(h, "mean_predicted"), "KM observed": ms(h, "observed"),
             "ICI": ms(h, "ici"), "slope": ms(h, "slope"), "AUC(h)": ms(h, "td_auc"),
             "Brier(h)": ms(h, "brier"),
-            "note": "" if h["estimable"] else f"not estimable: {h['reason']}"})
+            "note": _horizon_note(h)})
     fig, ax = _fig(5.2, 4.4)
     drawn = False
     for i, h in enumerate(horizons):
