@@ -205,6 +205,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "innercv": {"training": {"selection": "inner_cv"}},
     "innercv-fullbatch": {"training": {"selection": "inner_cv", "batch_size": 8192,
                                        "lr": 3e-3, "max_epochs": 300, "patience": 30}},
+    # training.search: Optuna inside each training fold (lr, weight decay, batch size)
+    "innercv-search": {"training": {"selection": "inner_cv", "max_epochs": 300,
+                                    "patience": 30,
+                                    "search": {"trials": 12, "startup_trials": 4,
+                                               "lr": [3e-4, 1e-2],
+                                               "weight_decay": [1e-5, 1e-1],
+                                               "batch_size": [64, 8192]}}},
     "innercv-wd": {"modality": {"dropout": 0.2}, "fusion": {"dropout": 0.2},
                    "training": {"selection": "inner_cv", "weight_decay": 1e-2}},
     "innercv-b256-wd": {"modality": {"dropout": 0.2}, "fusion": {"dropout": 0.2},

@@ -348,7 +348,15 @@ def train_fold(
 
     t0 = time.perf_counter()
     selection: dict[str, Any] | None = None
-    if inner_cv:
+    search: dict[str, Any] | None = None
+    if cfg.training.search.trials > 0:
+        # Optuna inside the training fold: inner folds (inner_cv) or the validation split
+        # (holdout) score each trial; test patients are in neither
+        search, cfg = _search_fold(cfg, build, train, val, base, fold_dir, progress)
+        best_record = search.pop("best_record")
+        selection = best_record if inner_cv else None
+        L.seed_everything(base, workers=True, verbose=False)
+    if inner_cv and selection is None:
         selection = _select_epochs(cfg, build, train, base, fold_dir, progress)
         L.seed_everything(base, workers=True, verbose=False)
     model, dims = build()
@@ -389,6 +397,8 @@ def train_fold(
         "patients": {k: len(v) for k, v in ids.items()},
         "selection": "holdout" if selection is None else "inner_cv",
     }
+    if search is not None:
+        meta["search"] = search
     if selection is not None:
         meta["best_val_loss"] = float(np.mean(selection["val_losses"]))
         meta["inner_cv"] = {k: v for k, v in selection.items() if k not in ("oof_raw", "oof_y")}
@@ -495,6 +505,50 @@ def _select_epochs(cfg: Any, build: Any, train: FoldData, base: int, fold_dir: P
     return {"folds": len(parts), "best_epochs": best, "val_losses": losses,
             "epochs_trained": trained, "patients": sizes, "epochs": epochs,
             "summary": "median", "oof_raw": oof_raw, "oof_y": train.y.numpy()}
+
+
+def _holdout_loss(cfg: Any, build: Any, train: FoldData, val: FoldData, base: int,
+                  fold_dir: Path, progress: bool) -> float:
+    """Best validation loss of a model trained on ``train`` with early stopping on
+    ``val`` (both parts of the outer training fold): a search trial under holdout."""
+    import lightning as L
+
+    from lungfuse.core.fusion_model import FusionDataModule, FusionTask
+
+    L.seed_everything(base, workers=True, verbose=False)
+    model, _ = build()
+    task = FusionTask(model, cfg.task.kind, cfg.training.lr, cfg.training.weight_decay)
+    dm = FusionDataModule(train, val, cfg.training.batch_size, seed=base + 1)
+    keep = _best_epoch_callback()
+    with quiet_lightning(), torch_threads(cfg.trainer):
+        trainer = make_trainer(cfg, fold_dir, progress, checkpoints=False, logger=False,
+                               callbacks=[keep])
+        trainer.fit(task, datamodule=dm)
+    return float(keep.loss)
+
+
+def _search_fold(cfg: Any, build: Any, train: FoldData, val: FoldData | None, base: int,
+                 fold_dir: Path, progress: bool) -> tuple[dict[str, Any], Any]:
+    """``training.search`` for one fold (:mod:`lungfuse.core.search`): returns the search
+    record (with ``best_record``, the winning trial's inner-CV selection, or None) and the
+    config with the winning settings."""
+    import math
+
+    import numpy as np
+
+    from lungfuse.core.search import run_search, with_params
+
+    def evaluate(trial_cfg: Any) -> tuple[float, Any]:
+        if val is None:  # inner_cv: the inner folds score the trial and give its epochs
+            try:
+                sel = _select_epochs(trial_cfg, build, train, base, fold_dir, progress)
+            except DataError:  # no finite inner loss with these settings
+                return math.inf, None
+            return float(np.mean(sel["val_losses"])), sel
+        return _holdout_loss(trial_cfg, build, train, val, base, fold_dir, progress), None
+
+    res = run_search(cfg, base, evaluate, where=fold_dir.name)
+    return res, with_params(cfg, res["best_params"])
 
 
 # ----------------------------------------------------------------------------- reloading

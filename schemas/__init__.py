@@ -84,6 +84,36 @@ class TaskConfig(Section):
     event: str = Field(default="event", description="Event indicator column (0/1).")
 
 
+class SearchConfig(Section):
+    """Optional hyper-parameter search inside each training fold (Optuna; docs/training.md).
+
+    ``trials: 0`` (the default) searches nothing. Each trial is scored on the fold's
+    training patients only: the mean inner-fold validation loss under selection inner_cv,
+    the validation split's loss under holdout."""
+
+    trials: int = Field(default=0, ge=0, le=500, description="Optuna trials per training "
+                        "fold (0: no search, the configured settings are used).")
+    startup_trials: int = Field(default=5, ge=1, description="Random trials before the TPE "
+                                "sampler models the results.")
+    lr: tuple[float, float] = Field(default=(1e-4, 1e-2), description="Learning-rate range "
+                                    "(log-uniform).")
+    weight_decay: tuple[float, float] = Field(default=(1e-6, 1e-1), description="Weight-decay "
+                                              "range (log-uniform).")
+    batch_size: list[int] = Field(default_factory=list, description="Batch sizes to choose "
+                                  "from (empty: keep training.batch_size).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchConfig:
+        for name in ("lr", "weight_decay"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"search.{name}: give [low, high] with 0 < low < high "
+                                 f"(got [{lo}, {hi}])")
+        if any(b < 1 for b in self.batch_size):
+            raise ValueError("search.batch_size: every batch size must be >= 1")
+        return self
+
+
 class TrainingConfig(Section):
     """Optimisation of the fusion model."""
 
@@ -112,6 +142,9 @@ class TrainingConfig(Section):
         default=1000, ge=0,
         description="selection auto: training parts smaller than this use inner_cv.",
     )
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Optional "
+                                 "Optuna search of lr / weight decay / batch size inside "
+                                 "each training fold.")
 
 
 class TrainerConfig(Section):

@@ -173,7 +173,7 @@ def test_inner_cv_survival_run(data) -> None:
 
 
 # ----------------------------------------------------------------------------- leakage
-def _train_fold_twice(data: Path, task: str, tmp_path: Path):
+def _train_fold_twice(data: Path, task: str, tmp_path: Path, **training):
     """Train fold 0 (inner_cv) on the cohort as it is and on a copy whose test patients
     have other outcomes and other features; returns both results."""
     import torch
@@ -183,7 +183,7 @@ def _train_fold_twice(data: Path, task: str, tmp_path: Path):
     from lungfuse.core.study import Study
 
     cfg = config(data, task, "gated", training={"selection": "inner_cv", "inner_folds": 3,
-                                                "max_epochs": 4, "patience": 2})
+                                                "max_epochs": 4, "patience": 2, **training})
     st = Study.from_config(cfg, plugins=[FakeModality])
     ids = st.fold_ids(0, 0)
     assert ids["val"] == [] and ids["test"]
@@ -233,6 +233,52 @@ def test_inner_cv_never_sees_test_patients(data, tmp_path, task) -> None:
     pb = b.predictions.set_index("patient_id").loc[test]
     col = "logit" if task == "binary" else "risk"
     assert not np.allclose(pa[col].to_numpy(), pb[col].to_numpy())
+
+
+def test_search_chooses_inside_the_training_fold_only(data, tmp_path) -> None:
+    """training.search: every trial's settings and inner-CV loss, the winner, the refit and
+    the calibration are identical when the test patients' outcomes and features change."""
+    import torch
+
+    search = {"trials": 3, "startup_trials": 2, "lr": [1e-3, 3e-2],
+              "weight_decay": [1e-5, 1e-2], "batch_size": [8, 16]}
+    a, b, _ = _train_fold_twice(data, "binary", tmp_path, search=search)
+    sa = a.meta["search"]
+    assert sa == b.meta["search"]
+    assert len(sa["trials"]) == 3
+    values = [t["value"] for t in sa["trials"] if t["value"] is not None]
+    assert sa["best_value"] == min(values)
+    for t in sa["trials"]:
+        assert 1e-3 <= t["params"]["lr"] <= 3e-2 and t["params"]["batch_size"] in (8, 16)
+    # the fold's inner-CV record is the winning trial's, and its loss is the search value
+    assert a.meta["inner_cv"] == b.meta["inner_cv"]
+    assert round(float(np.mean(a.meta["inner_cv"]["val_losses"])), 6) == sa["best_value"]
+    assert a.meta.get("calibration") == b.meta.get("calibration")
+    for k, w in a.model.state_dict().items():
+        assert torch.equal(w, b.model.state_dict()[k]), f"refitted weight {k} differs"
+
+
+def test_search_under_holdout_runs_and_records_its_trials(data) -> None:
+    res = run(config(data, "binary", "concat",
+                     training={"max_epochs": 3, "patience": 2,
+                               "search": {"trials": 2, "startup_trials": 1}}))
+    meta = json.loads((res.run_dir / "models" / "seed0-fold0" / "meta.json")
+                      .read_text(encoding="utf-8"))
+    assert meta["selection"] == "holdout"
+    assert len(meta["search"]["trials"]) == 2 and "best_record" not in meta["search"]
+    assert set(meta["search"]["best_params"]) == {"lr", "weight_decay"}
+
+
+@pytest.mark.parametrize("bad", [{"lr": [1e-2, 1e-4]}, {"weight_decay": [0, 1e-2]},
+                                 {"batch_size": [0]}, {"trials": -1}])
+def test_search_settings_are_checked(bad) -> None:
+    from pydantic import ValidationError
+
+    from lungfuse.schemas import TrainingConfig
+
+    with pytest.raises(ValidationError, match="search|trials"):
+        TrainingConfig.model_validate({"search": {"trials": 2, **bad}})
+    assert TrainingConfig.model_validate({}).search.trials == 0  # off unless asked for
 
 
 # ----------------------------------------------------------------------------- heads
