@@ -128,7 +128,9 @@ def test_fast_path_matches_float32_and_keeps_a_static_batch() -> None:
     s = SliceSettings(img_size=64)
     x = torch.rand(5, 3, 64, 64)
     want = Predictor(net, s, FastPath(enabled=False)).predict(x)
-    fast = Predictor(InfNet("test_resnet", channel=8).eval(), s, FastPath(batch_size=4))
+    # torch.compile's path (the AOT package has its own tests, tests/test_imaging_aot.py)
+    fast = Predictor(InfNet("test_resnet", channel=8).eval(), s,
+                     FastPath(batch_size=4, aot=False))
     fast.model.load_state_dict(net.state_dict())
     got = fast.predict(x)
     assert got.shape == want.shape == (5, 64, 64) and got.dtype == torch.float32

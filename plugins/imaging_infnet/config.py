@@ -185,6 +185,13 @@ class FastPath(_Section):
                        "post-training quantisation (torchao PT2E, X86InductorQuantizer: int8 "
                        "convolutions on VNNI/AMX) calibrated on training slices given to the "
                        "predictor; needs the torchao package. Replaces bf16.")
+    aot: bool = Field(default=True, description="With compile: build the network once "
+                      "into an AOTInductor package (torch.export + AOTInductor, freezing, "
+                      "bf16 autocast recorded in the graph) kept in this user's private "
+                      "keyed compile cache folder (LUNGFUSE_COMPILE_CACHE), and load it in "
+                      "later processes instead of compiling again (first call in seconds, "
+                      "not minutes). Never loaded from anywhere else; with the cache off, or "
+                      "if export/build fails (one warning), torch.compile as before.")
 
 
 def fast_from_config(fast: FastPath) -> FastPath:

@@ -1,9 +1,8 @@
 """Inference: batched slice prediction with an optional fast path, whole-volume sweeps.
 
-Fast path (``FastPath``): channels_last memory format, bf16 autocast on CPU and
-``torch.compile`` of the network (with inductor freezing), batches of ``batch_size``
-slices. Each switch falls back
-(logged once) if the platform refuses it. Outputs are float32 probabilities.
+Fast path (``FastPath``): channels_last memory format, bf16 autocast on CPU and a
+compiled network (inductor, with freezing), batches of ``batch_size`` slices. Each switch
+falls back (logged once) if the platform refuses it. Outputs are float32 probabilities.
 
 With the fast path off (``enabled: false``, or ``compile: false``) inference is eager and
 runs on a private copy of the network with every BatchNorm folded into the convolution
@@ -22,6 +21,23 @@ generation; a changed weight file is a new key and compiles afresh. The folder i
 to the user (``$LUNGFUSE_COMPILE_CACHE``, default ``~/.cache/lungfuse/compile``) and never
 beside a checkpoint: its entries are compiled code, so lungfuse only reuses what this
 machine's own processes wrote. ``LUNGFUSE_COMPILE_CACHE=off`` leaves inductor's defaults.
+
+AOT package (``fast.aot``, the default with compile): inductor's caches alone still leave
+Dynamo's tracing and the freezing passes to every new process (minutes for res2net50d).
+So on the first call the network is exported (``torch.export``, the batch shape fixed at
+``(batch_size, 3, S, S)``; with bf16 the autocast region is inside the exported forward,
+because an autocast context *around* ``torch.export`` is not recorded and would give a
+float32 package) and built once by AOTInductor into a ``.pt2`` package: a shared library
+with the frozen weights. It is written atomically (a temporary name in the same folder,
+then a rename) as ``infnet-<sha256>.pt2`` into the key's folder above, and a later process
+with the same key loads it (``aoti_load_package``: no tracing, no compiling; about a
+second). A package is native code, so it is only ever loaded from that private keyed folder
+(owner and permissions checked by :func:`compile_cache_dir`, the file itself checked too),
+never from a path a user gives and never beside a checkpoint; its name carries its SHA-256,
+checked before loading, so a truncated or damaged package is reported (one warning),
+removed and rebuilt rather than handed to the loader. With the cache ``off`` no package is
+written or read (torch.compile, as without ``aot``); an export or build failure falls back
+to torch.compile with one warning. int8 keeps its own path (PT2E quantisation, compiled).
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -157,8 +174,64 @@ def compile_cache_dir(key: str) -> Path | None:
     return d
 
 
+#: AOT packages in a key's folder: ``infnet-<first 32 hex digits of the file's SHA-256>.pt2``.
+AOT_PREFIX, AOT_SUFFIX = "infnet-", ".pt2"
+
+
+class _Autocast(torch.nn.Module):
+    """``model`` run under CPU bf16 autocast inside its own forward, so that
+    ``torch.export`` records the casts in the graph (the exported package then gives the
+    autocast outputs; an autocast context around the export call is not captured)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def aot_packages(folder: Path) -> list[Path]:
+    """The AOT packages in a key's folder, newest first."""
+    found = [p for p in folder.glob(f"{AOT_PREFIX}*{AOT_SUFFIX}") if not p.name.startswith(".")]
+    return sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True)
+
+
+def check_aot_package(path: Path) -> None:
+    """Raise ``ValueError`` (one line) unless ``path`` is a package this user's own
+    process wrote intact: a regular file (not a link), owned by this user, not writable by
+    group or others, whose SHA-256 starts with the digits in its name."""
+    import stat
+
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path.name} is not a regular file")
+    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & (
+            stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(f"{path.name} is not private to this user (owner or write "
+                         f"permission)")
+    want = path.name[len(AOT_PREFIX):-len(AOT_SUFFIX)]
+    if len(want) != 32 or not _file_sha256(path).startswith(want):
+        raise ValueError(f"{path.name}: its content does not match the SHA-256 in its name "
+                         f"(truncated or damaged)")
+
+
 class Predictor:
-    """Wraps an :class:`InfNet` for inference (eval mode, no grad)."""
+    """Wraps an :class:`InfNet` for inference (eval mode, no grad).
+
+    ``aot_state`` says how the compiled fast path was obtained on the first call:
+    ``"loaded"`` (an AOT package of this key, no compiling), ``"built"`` (exported and
+    built now, then loaded), ``"compile"`` (torch.compile: aot off, cache off, or the
+    export/build failed), ``None`` before the first call or without compile."""
 
     def __init__(self, model: InfNet, slices: SliceSettings, fast: FastPath | None = None,
                  calibration: torch.Tensor | None = None) -> None:
@@ -177,6 +250,9 @@ class Predictor:
         self.compile_key: str | None = None
         self.compile_cache: Path | None = None
         self._cache_pending = compiled
+        self._aot_pending = compiled and self.fast.aot and not self.fast.int8
+        self.aot_state: str | None = None
+        self.aot_package: Path | None = None
         if self.fast.enabled and self.fast.int8:
             if not self.fast.compile:
                 raise ConfigError("fast.int8 needs fast.compile: true (the int8 kernels come "
@@ -239,7 +315,8 @@ class Predictor:
         """Inductor settings for the (lazy) compilation on the first call: freezing folds
         BatchNorm into the convolutions and pre-packs weights for inference; the FX graph
         cache lives in this model's keyed folder (:func:`use_compile_cache`)."""
-        if self.fast.enabled and self.fast.compile:
+        if self.fast.enabled and self.fast.compile and self.aot_state not in ("loaded",
+                                                                              "built"):
             import torch._inductor.config as inductor_config
 
             if self.compile_cache is None and self._cache_pending:
@@ -252,14 +329,91 @@ class Predictor:
 
     def use_compile_cache(self, device: str = "cpu") -> Path | None:
         """Point inductor's on-disk caches at this model's keyed folder (once, before the
-        first compiled call); returns the folder (``None`` when the cache is off)."""
-        self._cache_pending = False
+        first compiled call); returns the folder (``None`` when the cache is off). A
+        refused folder raises every time it is asked for, never falling back to another."""
         s = self.slices.img_size
         self.compile_key = compile_key(self.model, (self.batch_size, 3, s, s), self.fast, device)
         self.compile_cache = compile_cache_dir(self.compile_key)
+        self._cache_pending = False
         if self.compile_cache is not None:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.compile_cache)
         return self.compile_cache
+
+    def prepare(self) -> Predictor:
+        """Do the compiled fast path's set-up now rather than on the first call: with
+        ``fast.aot``, load (or build) this key's AOT package. Returns ``self``."""
+        if self._aot_pending:
+            self._setup_aot()
+        return self
+
+    def _setup_aot(self) -> None:
+        """First compiled call with ``fast.aot``: load this key's AOT package from the
+        private cache folder, or export and build it there once and load it. A package
+        that fails its checks or does not load is reported, removed and rebuilt; an
+        export or build failure leaves torch.compile (one warning). With the cache off,
+        nothing is written or read (torch.compile)."""
+        if self._cache_pending:
+            self.use_compile_cache()  # a refused (shared) folder raises here: nothing loaded
+        self._aot_pending = False
+        self.aot_state = "compile"
+        folder = self.compile_cache
+        if folder is None:
+            return
+        for pkg in aot_packages(folder):
+            try:
+                check_aot_package(pkg)
+                self._net = self._load_aot(pkg)
+            except Exception as exc:  # noqa: BLE001 - any unusable package is rebuilt
+                log.warning("compile cache %s: AOT package %s not used (%s); removing it "
+                            "and building it again", folder, pkg.name, exc)
+                pkg.unlink(missing_ok=True)
+                continue
+            self.aot_state, self.aot_package = "loaded", pkg
+            return
+        try:
+            t = time.perf_counter()
+            pkg = self._build_aot(folder)
+            self._net = self._load_aot(pkg)
+        except Exception as exc:  # noqa: BLE001 - export/AOTInductor support varies
+            log.warning("AOT package not built (%s: %s); using torch.compile (compiles in "
+                        "every process)", type(exc).__name__, str(exc).splitlines()[0][:300]
+                        if str(exc) else "")
+            return
+        self.aot_state, self.aot_package = "built", pkg
+        log.info("AOT package built in %.0f s: %s", time.perf_counter() - t, pkg)
+
+    @staticmethod
+    def _load_aot(pkg: Path):
+        import torch._inductor
+
+        return torch._inductor.aoti_load_package(str(pkg))
+
+    def _build_aot(self, folder: Path) -> Path:
+        """Export the network at the static batch shape and build its AOTInductor package
+        into ``folder`` atomically (a temporary ``.pt2`` there, renamed to
+        ``infnet-<sha256>.pt2``); returns the package's path."""
+        import tempfile
+
+        import torch._inductor
+
+        s = self.slices.img_size
+        example = self._prep(torch.zeros(self.batch_size, 3, s, s))
+        net = _Autocast(self.model) if self.fast.bf16 else self.model
+        with torch.no_grad():
+            exported = torch.export.export(net, (example,))
+        fd, tmp_name = tempfile.mkstemp(prefix=".build-", suffix=AOT_SUFFIX, dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(tmp),
+                inductor_configs={"freezing": bool(self.fast.freeze)})
+            os.chmod(tmp, 0o600)
+            pkg = folder / f"{AOT_PREFIX}{_file_sha256(tmp)[:32]}{AOT_SUFFIX}"
+            os.replace(tmp, pkg)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return pkg
 
     def _prep(self, x01: torch.Tensor) -> torch.Tensor:
         x = standardise(x01.float(), self.model.input_mean, self.model.input_std)
@@ -271,11 +425,15 @@ class Predictor:
     def predict(self, x01: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(n, S, S)`` (map2) for windowed inputs ``(n, 3, S, S)``."""
         out = []
+        if x01.shape[0]:
+            self.prepare()
         for i in range(0, x01.shape[0], self.batch_size):
             xb = self._prep(x01[i:i + self.batch_size])
             n = xb.shape[0]
             if self.fast.enabled and self.fast.compile:
                 xb = self._pad(xb)  # keep one static shape for the compiled graph
+                if self.fast.channels_last:  # the package's input layout, as exported
+                    xb = xb.contiguous(memory_format=torch.channels_last)
             with self._ctx(), self._compile_ctx():
                 maps = self._net(xb)
             out.append(torch.sigmoid(maps[3][:n, 0].float()))
