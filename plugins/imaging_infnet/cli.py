@@ -85,32 +85,126 @@ def segment() -> None:
     """Inf-Net CT nodule segmentation: train, predict, evaluate."""
 
 
+#: The status of a ``segment train`` run in its out_dir: ``running`` (pid, host,
+#: heartbeat), then ``complete``, or ``failed`` / ``interrupted`` with the reason (the
+#: fields of a lungfuse run folder's run.json, core/rundir.py: RunStatus).
+TRAIN_STATUS = "train.json"
+#: Set for the ranks that ``--processes`` starts: their launcher keeps train.json.
+_STATUS_BY_LAUNCHER_ENV = "LUNGFUSE_TRAIN_STATUS_BY_LAUNCHER"
+
+
+def _train_status(out_dir: Path, config: Path, world: int):
+    """A :class:`~lungfuse.core.rundir.RunStatus` for ``out_dir/train.json``, written now
+    (``running``) and kept fresh by its heartbeat until ``end``."""
+    import os
+    import socket
+    import time
+
+    from lungfuse.core.atomic import ensure_dir
+    from lungfuse.core.rundir import RunStatus
+
+    ensure_dir(out_dir, "segment out_dir")
+    status = RunStatus(Path(out_dir) / TRAIN_STATUS, {
+        "command": "segment train", "config": str(Path(config).resolve()), "status": "running",
+        "world_size": world, "started": time.time(), "pid": os.getpid(),
+        "host": socket.gethostname()})
+    status.update()
+    status.start_heartbeat()
+    return status
+
+
+def _end_status(status, exc: BaseException) -> None:
+    from lungfuse.core.rundir import one_line
+
+    if status is not None:
+        status.end("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                   reason=one_line(exc))
+
+
 @segment.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--epochs", type=int, default=None, help="Override train.epochs.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Lightning checkpoint (out_dir/lightning/last.ckpt) to resume from.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train on this many CPU processes on this machine (DDP, gloo; "
+              "train.batch_size is per process). Under torchrun or srun the launcher's "
+              "ranks are used instead (docs/scaling.md). Supervised training only.")
 @click.option("--no-progress", is_flag=True)
-def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress: bool) -> None:
+def train_cmd(config: Path, epochs: int | None, resume: Path | None, processes: int,
+              no_progress: bool) -> None:
     """Train Inf-Net on the scans of CONFIG (supervised, or `mode: semi`); writes
-    out_dir/infnet.pt."""
-    import numpy as np
+    out_dir/infnet.pt and out_dir/train.json (running, complete or failed)."""
+    import os
+    import time
 
-    from .dataset import build_pool
-    from .train import fit
+    from . import ranks as rk
 
     cfg = load_config(config)
     if epochs is not None:
         cfg.train.epochs = epochs
     if cfg.annotations is None and cfg.masks_dir is None:
         raise ConfigError(f"{config}: training needs `annotations` or `masks_dir`")
-    cases = _cases(cfg, _selected(cfg), not no_progress)
+    here = rk.current()
+    world = here.world if here.world > 1 else processes
+    if cfg.mode == "semi" and world > 1:
+        raise ConfigError(f"{config}: semi-supervised training (mode: semi) runs in one "
+                          f"process, not {world}; drop --processes or launch one task "
+                          "(docs/scaling.md)")
+    if processes > 1 and here.world == 1:  # start the ranks ourselves; they train
+        from .train import ACCELERATOR_ENV
+
+        _selected(cfg)  # no scans at all: one line now, before any process starts
+        argv = ["segment", "train", str(config), "--no-progress"]
+        argv += ["--epochs", str(epochs)] if epochs is not None else []
+        argv += ["--resume", str(resume)] if resume else []
+        t0 = time.perf_counter()
+        status = _train_status(cfg.out_dir, config, processes)
+        try:
+            rk.spawn(argv, processes, extra_env={ACCELERATOR_ENV: "cpu",
+                                                 _STATUS_BY_LAUNCHER_ENV: "1"},
+                     lost="no checkpoint was written; see "
+                     f"{Path(cfg.out_dir) / TRAIN_STATUS}")
+        except BaseException as exc:
+            _end_status(status, exc)
+            raise
+        status.end("complete", checkpoint=str(Path(cfg.out_dir) / "infnet.pt"),
+                   seconds=round(time.perf_counter() - t0, 2))
+        return
+    owns_status = here.main and not os.environ.get(_STATUS_BY_LAUNCHER_ENV)
+    _train_here(cfg, config, resume, no_progress, here, owns_status)
+
+
+def _train_here(cfg, config: Path, resume: Path | None, no_progress: bool, here,
+                owns_status: bool) -> None:
+    """This process's part of ``segment train``: all of it, or one rank's under DDP
+    (every rank loads the same scans and builds the same slice pool; :func:`.train.fit`
+    shards the slices). The status file is begun once the input is read, so a refused
+    input leaves no output folder behind."""
+    import time
+
+    import numpy as np
+
+    from .dataset import build_pool
+    from .train import fit
+
+    progress = not no_progress and here.main
+    cases = _cases(cfg, _selected(cfg), progress)
     if not cases:
         raise DataError(f"{config}: no readable scan to train on")
-    if cfg.mode == "semi":  # pseudo-label rounds (see semi.py)
+    t0 = time.perf_counter()
+    if cfg.mode == "semi":  # pseudo-label rounds (see semi.py), one process
         from .semi import train_semi
 
-        ckpt, st = train_semi(cfg, cases, progress=not no_progress)
+        status = _train_status(cfg.out_dir, config, 1) if owns_status else None
+        try:
+            ckpt, st = train_semi(cfg, cases, progress=progress)
+        except BaseException as exc:
+            _end_status(status, exc)
+            raise
+        if status is not None:
+            status.end("complete", checkpoint=str(ckpt),
+                       seconds=round(time.perf_counter() - t0, 2))
         h = st.history[-1] if st.history else None
         after = h.val_dice if h else float("nan")
         dice = ("no validation scans (train.val_fraction 0)" if after != after and
@@ -129,10 +223,22 @@ def train_cmd(config: Path, epochs: int | None, resume: Path | None, no_progress
     pool = build_pool(trn, cfg.slices, t.negatives_per_positive, t.seed, t.max_slices)
     vpool = build_pool(val, cfg.slices, t.negatives_per_positive, t.seed) if val else None
     ids = sorted({c.patient_id or c.uid for c in trn} | {c.patient_id or c.uid for c in val})
-    _, ckpt = fit(pool, vpool, cfg.slices, t, cfg.out_dir, ids,
-                  resume=resume or cfg.resume, progress=not no_progress)
-    click.echo(f"trained on {len(pool)} slices from {len(trn)} scans "
-               f"({len(val)} for validation); checkpoint: {ckpt}")
+    status = _train_status(cfg.out_dir, config, here.world) if owns_status else None
+    try:
+        _, ckpt = fit(pool, vpool, cfg.slices, t, cfg.out_dir, ids,
+                      resume=resume or cfg.resume, progress=progress,
+                      ranks=here if here.world > 1 else None)
+    except BaseException as exc:
+        _end_status(status, exc)
+        raise
+    if status is not None:
+        status.end("complete", checkpoint=str(ckpt), n_train_slices=len(pool),
+                   seconds=round(time.perf_counter() - t0, 2))
+    if here.main:
+        click.echo(f"trained on {len(pool)} slices from {len(trn)} scans "
+                   f"({len(val)} for validation)"
+                   + (f" over {here.world} processes" if here.world > 1 else "")
+                   + f"; checkpoint: {ckpt}")
 
 
 def _predictor(cfg, checkpoint: Path | None):

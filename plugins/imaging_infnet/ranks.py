@@ -137,11 +137,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(argv: Sequence[str], processes: int, threads: int | None = None) -> None:
+def spawn(argv: Sequence[str], processes: int, threads: int | None = None,
+          extra_env: dict[str, str] | None = None,
+          lost: str = "nothing was gathered") -> None:
     """Run ``python -m lungfuse.core.cli ARGV`` as ``processes`` ranks on this machine
-    (a small torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), each with
-    ``threads`` intra-op threads (default: the CPU count shared out). Waits for all;
-    if one fails, the others are stopped and a :class:`LungfuseError` names it."""
+    (a small torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, plus
+    ``extra_env``), each with ``threads`` intra-op threads (default: the CPU count shared
+    out). Waits for all; if one fails, the others are stopped and a
+    :class:`LungfuseError` names it (``lost``: what that means for the command)."""
     n_cpu = os.cpu_count() or 1
     threads = threads or max(1, n_cpu // processes)
     port = _free_port()
@@ -150,7 +153,7 @@ def spawn(argv: Sequence[str], processes: int, threads: int | None = None) -> No
         env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(processes),
                "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(processes),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": str(threads)}
+               "OMP_NUM_THREADS": str(threads), **(extra_env or {})}
         procs.append(subprocess.Popen([sys.executable, "-m", "lungfuse.core.cli", *argv],
                                       env=env))
     failed: tuple[int, int] | None = None
@@ -176,7 +179,7 @@ def spawn(argv: Sequence[str], processes: int, threads: int | None = None) -> No
         for p in procs:
             p.wait()
         raise LungfuseError(f"rank {failed[0]} of {processes} exited with code {failed[1]} "
-                            "(its own message is above); nothing was gathered")
+                            f"(its own message is above); {lost}")
 
 
 #: A folder every rank sees (shared file system): with it, the CT modality's feature

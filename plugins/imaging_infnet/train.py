@@ -10,11 +10,19 @@ train loader from ``self.train_pool`` (a growable :class:`~.dataset.SlicePool`) 
 epoch; :meth:`SliceDataModule.add_pseudo` appends pseudo-labelled slices (with per-pixel
 weights); :func:`fit` resumes from a Lightning checkpoint and can continue from given
 weights with a new learning rate.
+
+Distributed training (``segment train --processes N``, torchrun, SLURM): :func:`fit` with
+``ranks`` of more than one process runs Lightning's DDP strategy; each rank trains on a
+disjoint shard of the training slices per epoch (:class:`SliceDataModule`, a seeded
+``DistributedSampler``), gradients are all-reduced, and only global rank 0 writes the
+checkpoints. ``batch_size`` is per rank (the effective batch is ``batch_size * world``).
+One process (the default) is the single-device path it always was.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lungfuse.core.atomic import atomic_path
 from lungfuse.core.errors import DataError
@@ -34,6 +42,7 @@ from .dataset import SliceDataset, SlicePool
 from .losses import infnet_loss
 from .metrics import segmentation_metrics
 from .network import InfNet
+from .ranks import Ranks
 
 log = logging.getLogger("lungfuse.imaging")
 CHECKPOINT_FORMAT = "lungfuse-infnet/1"
@@ -91,9 +100,10 @@ class InfNetModule(L.LightningModule):
         prob = torch.sigmoid(maps[3])
         m = segmentation_metrics(prob, batch["mask"], n_thresholds=32)
         n = batch["image"].shape[0]
-        self.log("val_loss", loss, prog_bar=True, batch_size=n)
-        self.log("val_dice", m["dice"].mean(), prog_bar=True, batch_size=n)
-        self.log("val_mae", m["mae"].mean(), batch_size=n)
+        sync = self.trainer.world_size > 1  # every rank validates the same slices
+        self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=sync)
+        self.log("val_dice", m["dice"].mean(), prog_bar=True, batch_size=n, sync_dist=sync)
+        self.log("val_mae", m["mae"].mean(), batch_size=n, sync_dist=sync)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
@@ -121,16 +131,33 @@ Tensor = torch.Tensor
 class SliceDataModule(L.LightningDataModule):
     """Train/val slice pools. The train loader is rebuilt from ``train_pool`` each epoch
     (``reload_dataloaders_every_n_epochs=1`` in :func:`fit`), so a pool grown between
-    epochs or rounds is picked up."""
+    epochs or rounds is picked up.
+
+    With ``ranks`` of several processes, rank ``r`` draws its batches from its own shard
+    (:meth:`shard_sampler`): the epoch's seeded permutation dealt over the ranks, so the
+    shards are disjoint, together every slice (less ``len % world`` of them, a different
+    few each epoch, so that every rank takes the same number of steps), and the same in
+    every run with the same seed. ``batch_size`` is per rank."""
 
     def __init__(self, train_pool: SlicePool, val_pool: SlicePool | None,
                  mean: Sequence[float], std: Sequence[float], batch_size: int = 24,
-                 augment: bool = True, num_workers: int = 0, seed: int = 0) -> None:
+                 augment: bool = True, num_workers: int = 0, seed: int = 0,
+                 ranks: Ranks | None = None) -> None:
         super().__init__()
         self.train_pool, self.val_pool = train_pool, val_pool
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.augment = batch_size, augment
         self.num_workers, self.seed = num_workers, seed
+        self.ranks = ranks or Ranks()
+
+    def shard_sampler(self, dataset: SliceDataset, epoch: int) -> DistributedSampler:
+        """This rank's shard of ``dataset`` in ``epoch`` (``drop_last``: disjoint shards of
+        equal length, so no rank waits for another's extra step)."""
+        sampler = DistributedSampler(dataset, num_replicas=self.ranks.world,
+                                     rank=self.ranks.rank, shuffle=True, seed=self.seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+        return sampler
 
     def add_pseudo(self, images: Tensor, masks: Tensor, weights: Tensor | None = None,
                    **meta: Any) -> None:
@@ -139,6 +166,12 @@ class SliceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = SliceDataset(self.train_pool, self.mean, self.std, train=self.augment, seed=self.seed)
+        if self.ranks.world > 1:
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            sampler = self.shard_sampler(ds, epoch)
+            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
+                              num_workers=self.num_workers,
+                              drop_last=len(sampler) > self.batch_size)
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g,
                           num_workers=self.num_workers, drop_last=len(ds) > self.batch_size)
@@ -154,14 +187,24 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         settings: TrainSettings, out_dir: Path, training_patients: Sequence[str],
         resume: Path | None = None, init_weights: InfNet | None = None,
         progress: bool = True, max_epochs: int | None = None,
-        callbacks: Sequence[L.Callback] = ()) -> tuple[InfNetModule, Path]:
+        callbacks: Sequence[L.Callback] = (),
+        ranks: Ranks | None = None) -> tuple[InfNetModule, Path]:
     """Train (or resume) and write ``out_dir/infnet.pt`` (lungfuse format) and Lightning
     checkpoints under ``out_dir/lightning`` (``last.ckpt`` resumes). ``callbacks`` are
-    extra Lightning callbacks (e.g. the semi-supervised EMA teacher)."""
+    extra Lightning callbacks (e.g. the semi-supervised EMA teacher).
+
+    ``ranks`` (from :func:`.ranks.current`) of several processes: DDP over them
+    (:func:`ddp_placement`); every rank must call this with the same pool and settings;
+    only global rank 0 writes ``infnet.pt`` and the Lightning checkpoints (the others
+    return the path rank 0 writes)."""
     from .progress import enabled
 
     if not len(train_pool):
         raise DataError("no training slices: check the CT root, annotations and patient ids")
+    world = ranks.world if ranks is not None else 1
+    if len(train_pool) < world:
+        raise DataError(f"{len(train_pool)} training slice(s) cannot be shared over {world} "
+                        "processes; use fewer processes or more scans")
     L.seed_everything(settings.seed, workers=True, verbose=False)
     module = InfNetModule(settings.backbone, settings.channel, settings.lr,
                           settings.lr_decay_every, list(settings.multiscale),
@@ -171,7 +214,7 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         module.model.load_state_dict(init_weights.state_dict())
     dm = SliceDataModule(train_pool, val_pool, module.model.input_mean, module.model.input_std,
                          settings.batch_size, settings.augment, settings.num_workers,
-                         settings.seed)
+                         settings.seed, ranks)
     ckpt_dir = Path(out_dir) / "lightning"
     cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
     import warnings
@@ -183,7 +226,7 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         if quiet:
             logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
-        max_epochs=max_epochs or settings.epochs, accelerator="cpu", devices=1,
+        max_epochs=max_epochs or settings.epochs, **ddp_placement(world),
         precision=settings.precision,
         gradient_clip_val=settings.grad_clip, logger=False, callbacks=[cb, *callbacks],
         enable_progress_bar=enabled(progress), enable_model_summary=False,
@@ -195,11 +238,48 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         load_torch(resume, "Lightning checkpoint to resume")  # one-line refusal of a bad file
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None,
                 weights_only=True)
-    out = save_checkpoint(Path(out_dir) / "infnet.pt", module.model,
-                          training_patients=module.training_patients, slices=slices,
-                          extra={"epochs": trainer.current_epoch,
-                                 "n_train_slices": len(train_pool)})
+    out = Path(out_dir) / "infnet.pt"
+    if not trainer.is_global_zero:  # rank 0 writes the one checkpoint
+        return module, out
+    extra: dict[str, Any] = {"epochs": trainer.current_epoch, "n_train_slices": len(train_pool)}
+    if world > 1:
+        extra["world_size"] = world
+    out = save_checkpoint(out, module.model, training_patients=module.training_patients,
+                          slices=slices, extra=extra)
     return module, out
+
+
+#: Set by ``segment train --processes N`` for the ranks it starts: Lightning's device
+#: kind for them (``cpu``: N CPU processes with gloo), instead of ``auto``.
+ACCELERATOR_ENV = "LUNGFUSE_TRAIN_ACCELERATOR"
+
+
+def ddp_placement(world: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Lightning ``Trainer`` keywords that place ``world`` processes.
+
+    One process: one CPU device, as segmenter training always ran. Several: the DDP
+    strategy, ``devices`` = processes per node and ``num_nodes`` = world / that, read
+    from the launcher (torchrun's ``LOCAL_WORLD_SIZE``, SLURM's ``SLURM_NNODES``), so
+    Lightning's own environment check (``devices * num_nodes == WORLD_SIZE``) holds and
+    Lightning starts no processes itself. The device kind is ``auto`` (one GPU per rank
+    where there are GPUs, NCCL; else CPU with gloo) unless ``LUNGFUSE_TRAIN_ACCELERATOR``
+    says otherwise. Lightning's sampler replacement is off: :class:`SliceDataModule`
+    shards the slices itself, with the training seed."""
+    if world <= 1:
+        return {"accelerator": "cpu", "devices": 1}
+    env = dict(os.environ if env is None else env)
+    if env.get("LOCAL_WORLD_SIZE"):
+        per_node = int(env["LOCAL_WORLD_SIZE"])
+    elif env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES"):
+        per_node = world // int(env.get("SLURM_NNODES") or env["SLURM_JOB_NUM_NODES"])
+    else:
+        per_node = world
+    if per_node < 1 or world % per_node:
+        raise DataError(f"{world} processes cannot be laid out as {per_node} per node; check "
+                        "the launcher's LOCAL_WORLD_SIZE / SLURM task counts")
+    return {"accelerator": env.get(ACCELERATOR_ENV) or "auto", "devices": per_node,
+            "num_nodes": world // per_node, "strategy": "ddp",
+            "use_distributed_sampler": False}
 
 
 # ----------------------------------------------------------------------------- checkpoints
