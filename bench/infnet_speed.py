@@ -364,6 +364,57 @@ def phase_train_precision(quick: bool) -> dict:
     return out
 
 
+def phase_train_ddp(quick: bool) -> dict:
+    """``lungfuse segment train --processes 1`` vs ``--processes 2`` (DDP, gloo, float32;
+    ``batch_size`` 8 per process) on the 6 training scans of the synthetic split, the same
+    epochs: training slices/s of the fit itself (``fit_seconds`` in the checkpoint, rank
+    0, so start-up and scan reading are not counted), the command's wall time, and Dice@0.5
+    on the 2 held-out scans' slices. 2 processes take half the optimiser steps per epoch
+    with twice the global batch, so their Dice is after equal epochs, not equal steps."""
+    import torch
+
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.ctio import find_volumes
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    root = _scale_tree()
+    uids = sorted(find_volumes(root))
+    s, _, test = _small_split()
+    x = torch.stack([it.image.float() for it in test])
+    y = torch.stack([it.mask.float() for it in test])
+    epochs = 3 if quick else 8
+    out: dict = {"epochs": epochs, "n_test_slices": len(test), "batch_size_per_process": 8}
+    for n in (1, 2):
+        folder = SCALE_DIR / f"train_ddp{n}"
+        cfg = SCALE_DIR / f"train_ddp{n}.yaml"
+        cfg.write_text(json.dumps({
+            "ct_root": str(root), "annotations": str(root / "annotations.csv"),
+            "masks_dir": str(root / "masks"), "series": uids[:6], "out_dir": str(folder),
+            "slices": {"img_size": 128},
+            "train": {"backbone": "test_resnet", "channel": 16, "epochs": epochs,
+                      "batch_size": 8, "lr": 1e-3, "multiscale": [1.0], "augment": False,
+                      "val_fraction": 0.0}}), encoding="utf-8")
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "segment", "train",
+                            str(cfg), "--processes", str(n), "--no-progress"],
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            out[f"p{n}_error"] = r.stderr.strip().splitlines()[-1:]
+            continue
+        model, meta = load_checkpoint(folder / "infnet.pt")
+        ex = meta["extra"]
+        fit_s = float(ex["fit_seconds"])
+        out[f"p{n}"] = {"fit_s": fit_s, "wall_s": wall, "n_train_slices": ex["n_train_slices"],
+                        "train_slices_s": epochs * ex["n_train_slices"] / fit_s,
+                        "dice_heldout": _dice(Predictor(model, s, FastPath(enabled=False))
+                                              .predict(x), y),
+                        "load_before": load, "load_after": os.getloadavg()[0]}
+    return out
+
+
 def phase_int8(quick: bool) -> dict:
     """The float32-trained small model: Dice on held-out slices and slices/s in float32
     eager, the bf16 fast path and the int8 fast path (calibrated on training slices)."""
@@ -429,6 +480,7 @@ def phase_profile(quick: bool) -> dict:
 PHASES = {"eager": phase_eager, "fast": phase_fast, "train": phase_train, "dice": phase_dice,
           "roofline": phase_roofline, "ranks": phase_ranks, "cache": phase_cache,
           "first_call": phase_first_call, "train_precision": phase_train_precision,
+          "train_ddp": phase_train_ddp,
           "int8": phase_int8, "profile": phase_profile}
 
 
@@ -452,6 +504,28 @@ def _cpu_model() -> str:
                          if ln.startswith("model name")), platform.machine())
     except OSError:
         return platform.processor() or platform.machine()
+
+
+def _train_ddp_lines(td: dict, f) -> list[str]:
+    """The ``segment train --processes N`` section of the ``--scale`` page."""
+    lines = ["", "## Segmenter training over processes (`segment train --processes N`)", "",
+             f"DDP on this CPU (gloo), float32, test_resnet backbone, 128 px, "
+             f"{td.get('epochs', 'n/a')} epochs, batch 8 per process; each process gets "
+             "cores / N intra-op threads. 'fit' is the training loop alone (rank 0); 'wall' "
+             "the whole command (interpreter start-up, imports and reading the scans in every "
+             "process). Dice@0.5 on the held-out slices after equal epochs (2 processes: half "
+             "the optimiser steps, twice the global batch).", "",
+             "| processes | fit (s) | training slices/s | wall (s) | held-out Dice@0.5 "
+             "| load before/after |", "|---|---|---|---|---|---|"]
+    for n in (1, 2):
+        r = td.get(f"p{n}")
+        if r:
+            lines.append(f"| {n} | {f(r['fit_s'], 1)} | {f(r['train_slices_s'])} | "
+                         f"{f(r['wall_s'], 1)} | {f(r['dice_heldout'], 4)} | "
+                         f"{f(r['load_before'])}/{f(r['load_after'])} |")
+        elif td.get(f"p{n}_error"):
+            lines.append(f"| {n} | error: {td[f'p{n}_error']} | | | | |")
+    return lines
 
 
 def scale_report(res: dict, argv: str) -> str:
@@ -513,7 +587,10 @@ def scale_report(res: dict, argv: str) -> str:
     lines += ["", "## bf16-mixed training (Lightning `precision`)", "",
               f"Inf-Net, test_resnet backbone, 128 px, {tp.get('n_train_slices', 'n/a')} "
               f"training slices of 6 synthetic scans, equal steps; Dice@0.5 on "
-              f"{tp.get('n_test_slices', 'n/a')} slices of 2 held-out scans.", "",
+              f"{tp.get('n_test_slices', 'n/a')} slices of 2 held-out scans. This CPU's "
+              f"vector ISA is {isa}: without bf16 matrix units (AVX-512 BF16, AMX) bf16 "
+              "arithmetic is emulated through float32 conversions, so bf16-mixed is expected "
+              "to be slower than float32 here; the gain is on AMX CPUs and GPUs.", "",
               "| precision | steps | training slices/s | held-out Dice@0.5 | load before |",
               "|---|---|---|---|---|"]
     for prec in ("32-true", "bf16-mixed"):
@@ -521,6 +598,7 @@ def scale_report(res: dict, argv: str) -> str:
         if r:
             lines.append(f"| {prec} | {r['steps']} | {f(r['train_slices_s'])} | "
                          f"{f(r['dice_heldout'], 4)} | {f(r['load_before'])} |")
+    lines += _train_ddp_lines(res.get("train_ddp", {}), f)
     lines += ["", "## int8 post-training quantisation (`fast.int8`)", "",
               f"The float32 model above; calibration on {q8.get('n_calibration_slices', 'n/a')} "
               "training slices; the same held-out slices.", "",
@@ -552,7 +630,7 @@ def scale_main(args) -> None:
     from lungfuse.core.atomic import write_json, write_text
 
     phases = args.phases if args.phases != "roofline,eager,fast,train,dice" else \
-        "ranks,train_precision,cache,int8,roofline,profile"
+        "ranks,train_precision,train_ddp,cache,int8,roofline,profile"
     if args.full:
         os.environ["INFNET_SCALE_FULL"] = "1"
     out_json = HERE / "results" / "infnet_speed_scale.json"

@@ -236,12 +236,17 @@ def fit(train_pool: SlicePool, val_pool: SlicePool | None, slices: SliceSettings
         from lungfuse.core.state_io import load_torch
 
         load_torch(resume, "Lightning checkpoint to resume")  # one-line refusal of a bad file
+    import time
+
+    t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None,
                 weights_only=True)
+    fit_seconds = round(time.perf_counter() - t0, 3)
     out = Path(out_dir) / "infnet.pt"
     if not trainer.is_global_zero:  # rank 0 writes the one checkpoint
         return module, out
-    extra: dict[str, Any] = {"epochs": trainer.current_epoch, "n_train_slices": len(train_pool)}
+    extra: dict[str, Any] = {"epochs": trainer.current_epoch, "n_train_slices": len(train_pool),
+                             "fit_seconds": fit_seconds}
     if world > 1:
         extra["world_size"] = world
     out = save_checkpoint(out, module.model, training_patients=module.training_patients,
