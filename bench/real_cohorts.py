@@ -593,9 +593,12 @@ def markdown(result: dict[str, Any]) -> str:
         "(survival) / AUROC (breast_cancer, binary). Real data shipped in scikit-survival / "
         "scikit-learn; nothing synthetic.",
         "",
-        "lungfuse = the built-in `clinical` modality (covariates imputed / standardised / "
-        "one-hot, fitted on each fold's training patients) → `concat` fusion head, trained "
-        "with the config's defaults unless a variant says otherwise. Baselines are lungfuse's "
+        "lungfuse = the built-in `clinical` modality (covariates imputed / Yeo-Johnson "
+        "transformed / standardised / one-hot, fitted on each fold's training patients) → "
+        "`concat` fusion head, trained with the config's defaults unless a variant says "
+        "otherwise (`training.selection: auto`: inner cross-validation for the epoch count "
+        "where a fold trains on fewer than 1000 patients, a 20% validation split above). "
+        "Baselines are lungfuse's "
         "own (`baselines:` in the default variant's config), fitted inside that run on "
         "the **same folds** (the run's `splits.parquet`) and the **same train-fitted feature "
         "tables** (`features/clinical/seed<S>-fold<K>.parquet`), on each fold's non-test "
@@ -647,10 +650,11 @@ def markdown(result: dict[str, Any]) -> str:
               "modality's entry):", ""]
     for v in variants:
         lines.append(f"- `{v}`: {variant_label(v)}")
-    lines += ["", "How the fold models stopped (early stopping on the validation loss of "
-              "`training.val_fraction` of each training fold): median epochs trained / "
-              "median epoch of the best validation loss / folds whose best epoch was 0–2 / "
-              "folds that reached `max_epochs`.", "",
+    lines += ["", "How the fold models stopped (holdout: early stopping on the validation "
+              "loss of `training.val_fraction` of each training fold; inner_cv: the epoch "
+              "count chosen on the inner folds, the last epoch of the refit): median epochs "
+              "trained / median epoch of the best validation loss / folds whose best epoch "
+              "was 0–2 / folds that reached `max_epochs`.", "",
               "| cohort | " + " | ".join(variants) + " |", "|" + "---|" * (1 + len(variants))]
     for name, r in cohorts.items():
         cells = [name]

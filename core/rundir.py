@@ -265,12 +265,19 @@ def normalised_stored_config(stored: Mapping[str, Any], folder: Path,
     """A folder's stored ``config.yaml`` validated with the current schema and dumped
     again, so settings added since it was written take their defaults on both sides of a
     comparison and only real differences count (a folder from before ``baselines`` or
-    ``training.selection`` existed still resumes). Where the current schema refuses it
+    ``training.selection`` existed still resumes; a missing ``training.selection`` is
+    read as ``holdout``, the only behaviour before it existed). Where the current schema refuses it
     (a plugin gone, a setting removed), the stored mapping is returned as it is and the
     comparison names the difference. ``model`` is the config model the current config
     was validated with (its plugins); without it, that of the installed plugins."""
     from lungfuse.core.config import config_to_dict, validate_config
 
+    stored = dict(stored)
+    training = stored.get("training")
+    if isinstance(training, Mapping) and "selection" not in training:
+        # written before training.selection existed: that lungfuse always used holdout
+        # (the default is auto now), so the folder is compared as what it ran
+        stored["training"] = {**training, "selection": "holdout"}
     try:
         if model is not None:
             cfg = model.model_validate(dict(stored), context={"base_dir": folder,

@@ -194,8 +194,11 @@ def _experiment(out: Path, data: Path, checkpoint: Path, s: DemoSettings) -> dic
         # a classical model on the same folds and features, reported beside the fused one
         "baselines": ["logreg"],
         "fusion": {"kind": "gated", "hidden_dim": 32, "modality_dropout": 0.2},
+        # holdout, not the default auto (inner CV below 1000 training patients): the demo
+        # trains 15 modality subsets x 2 heads, and inner CV's six fits per fold would
+        # multiply that time; on a small real cohort keep the default (docs/training.md)
         "training": {"max_epochs": s.max_epochs, "batch_size": 16, "lr": 3e-3,
-                     "patience": s.patience, "val_fraction": 0.2},
+                     "patience": s.patience, "val_fraction": 0.2, "selection": "holdout"},
         "evaluation": {"folds": s.folds, "bootstrap": s.bootstrap, "calibration": "platt"},
         "output_dir": str(out / "runs"),
     }

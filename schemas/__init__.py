@@ -128,7 +128,7 @@ class TrainingConfig(Section):
         "calibration) where selection is holdout.",
     )
     selection: Literal["auto", "holdout", "inner_cv"] = Field(
-        default="holdout",
+        default="auto",
         description="How the epoch count is chosen. holdout: early stopping on val_fraction "
         "of the training fold. inner_cv: the whole training fold is split into inner_folds "
         "stratified folds, each inner model stops early on its own part, and one model is "

@@ -83,7 +83,8 @@ def make_data(root: Path, n: int = 40) -> dict:
         "modalities": [{"kind": "countfake", "name": "a", "path": str(root / "a.parquet")},
                        {"kind": "countfake", "name": "b", "path": str(root / "b.parquet")}],
         "fusion": {"kind": "gated", "hidden_dim": 8},
-        "training": {"max_epochs": 3, "batch_size": 16, "patience": 2},
+        "training": {"max_epochs": 3, "batch_size": 16, "patience": 2,
+                     "selection": "holdout"},  # as the ablation folders of older versions
         "evaluation": {"folds": 2, "bootstrap": 40},
         "output_dir": str(root / "runs"),
     }

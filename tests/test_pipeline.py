@@ -101,7 +101,9 @@ def config(root: Path, task: str = "binary", fusion: str = "gated", **over) -> d
                        {"kind": "cnv", "path": str(root / "cnv.parquet"), "top_n": 6,
                         "embedding_dim": 4, "hidden_dim": 8}],
         "fusion": {"kind": fusion, "hidden_dim": 8},
-        "training": {"max_epochs": 3, "batch_size": 16, "patience": 2},
+        # holdout: these tests check its artefacts (validation split, best.ckpt,
+        # calibration on the validation patients); inner_cv has its own tests
+        "training": {"max_epochs": 3, "batch_size": 16, "patience": 2, "selection": "holdout"},
         "evaluation": {"folds": 2, "bootstrap": 30},
         "output_dir": str(root / "runs"),
     }

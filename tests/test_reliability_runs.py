@@ -103,7 +103,8 @@ def config(root: Path, out: Path | None = None, folds: int = 2, epochs: int = 2,
         "task": {"kind": "binary"},
         "modalities": [{"kind": "wide", "path": str(root / "wide.parquet")}],
         "fusion": {"kind": "gated", "hidden_dim": 8},
-        "training": {"max_epochs": epochs, "batch_size": 16, "patience": patience},
+        "training": {"max_epochs": epochs, "batch_size": 16, "patience": patience,
+                     "selection": "holdout"},  # the checkpoint tests need holdout's best.ckpt
         "evaluation": {"folds": folds, "bootstrap": 20},
         "output_dir": str(out or root / "runs"),
     }

@@ -184,6 +184,11 @@ def test_old_run_folder_without_new_settings_resumes(tmp_path) -> None:
         run(inner, resume=old)
     assert yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8")) == stripped
 
+    # the folder ran holdout (the only choice before the setting existed): the default
+    # auto, which resolves to inner_cv on this small cohort, is a real difference
+    auto = {**cfg, "training": {k: v for k, v in cfg["training"].items() if k != "selection"}}
+    with pytest.raises(ConfigError, match=r"training\.selection"):
+        run(auto, resume=old)
     res = run(cfg, resume=old)
     assert res.run_dir == old and res.resumed == 1
     assert json.loads((old / "run.json").read_text(encoding="utf-8"))["status"] == "complete"
