@@ -257,36 +257,52 @@ def phase_ranks(quick: bool) -> dict:
     return out
 
 
-def phase_cache(quick: bool) -> dict:
-    """First compiled call in a fresh process with an empty (cold) and a filled (warm)
-    lungfuse compile cache (freezing on, as the fast path's default; with ``--full`` also
-    off)."""
-    out: dict = {}
-    for freeze in (True, False) if FULL else (True,):
-        cache = SCALE_DIR / f"compile-cache-freeze{int(freeze)}"
-        shutil.rmtree(cache, ignore_errors=True)
-        for run in ("cold", "warm"):
-            load = os.getloadavg()[0]
-            env = {**os.environ, "LUNGFUSE_COMPILE_CACHE": str(cache)}
-            r = subprocess.run([sys.executable, __file__, "--phase", "first_call",
-                                "--freeze", str(int(freeze))], capture_output=True, text=True,
-                               env=env)
-            if r.returncode:
-                out[f"freeze{int(freeze)}_{run}"] = {"error": r.stderr.strip()[-500:]}
-                continue
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            res["load_before"] = load
-            out[f"freeze{int(freeze)}_{run}"] = res
+def _cache_variants() -> list[tuple[str, bool, bool]]:
+    """(label, aot, freeze) of the cache phase: the AOT package (the default) always; the
+    torch.compile path with inductor's caches only with ``INFNET_SCALE_CACHE_COMPILE=1``
+    (minutes per process on a shared host; figures of it are in the note)."""
+    out = [("aot_freeze1", True, True)]
+    if os.environ.get("INFNET_SCALE_CACHE_COMPILE") == "1":
+        out += [("compile_freeze1", False, True)] + (
+            [("compile_freeze0", False, False)] if FULL else [])
     return out
 
 
-def phase_first_call(quick: bool, freeze: bool = True) -> dict:
+def phase_cache(quick: bool) -> dict:
+    """First compiled call in a fresh Python process with an empty (cold) and a filled
+    (warm: a second process, same key) lungfuse compile cache. Each process is timed from
+    just before it is started to its first batch's output (interpreter start, imports,
+    model, weights digest, package load or build, first call), and inside it the package
+    load/build and the first call separately."""
+    out: dict = {"model": "res2net50d, 352 px" if FULL else "test_resnet Inf-Net (channel 16), "
+                 "128 px", "batch": 8}
+    for label, aot, freeze in _cache_variants():
+        cache = SCALE_DIR / f"compile-cache-{label}"
+        shutil.rmtree(cache, ignore_errors=True)
+        for run in ("cold", "warm"):
+            load = os.getloadavg()[0]
+            env = {**os.environ, "LUNGFUSE_COMPILE_CACHE": str(cache),
+                   "INFNET_SPAWN_T": repr(time.time())}
+            r = subprocess.run([sys.executable, __file__, "--phase", "first_call",
+                                "--freeze", str(int(freeze)), "--aot", str(int(aot))],
+                               capture_output=True, text=True, env=env)
+            if r.returncode:
+                out[f"{label}_{run}"] = {"error": r.stderr.strip()[-500:]}
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            res["load_before"] = load
+            out[f"{label}_{run}"] = res
+    return out
+
+
+def phase_first_call(quick: bool, freeze: bool = True, aot: bool = True) -> dict:
     """One fresh process: the fast path (res2net50d at 352 px with ``--full``, else the
-    small test_resnet Inf-Net at 128 px; batch 8), time to the first result (the compile,
-    or the cache hit) and the steady speed after it."""
+    small test_resnet Inf-Net at 128 px; batch 8): the package load or build (``aot``),
+    the first call (the compile, or the cache hit), the time since the parent started the
+    process (``INFNET_SPAWN_T``) to the first output, and the steady speed after it."""
+    spawn = float(os.environ.get("INFNET_SPAWN_T", "nan"))
     t0 = time.perf_counter()
     import torch
-    from torch._dynamo.utils import counters
 
     from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
     from lungfuse.plugins.imaging_infnet.infer import Predictor
@@ -294,14 +310,29 @@ def phase_first_call(quick: bool, freeze: bool = True) -> dict:
 
     torch.manual_seed(0)
     net, size = (InfNet("res2net50d"), SIZE) if FULL else (InfNet("test_resnet", channel=16), 128)
-    p = Predictor(net, SliceSettings(img_size=size), FastPath(batch_size=8, freeze=freeze))
+    p = Predictor(net, SliceSettings(img_size=size), FastPath(batch_size=8, freeze=freeze,
+                                                             aot=aot))
     x = torch.rand(8, 3, size, size)
-    t_import = time.perf_counter() - t0
-    t = time.perf_counter()
+    t_import, c_import = time.perf_counter() - t0, time.process_time()
+    t, c = time.perf_counter(), time.process_time()
+    p.prepare()  # the AOT package: loaded, or exported and built (nothing without aot)
+    prepare, c_prepare = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     p.predict(x)
-    first = time.perf_counter() - t
+    first, c_first = time.perf_counter() - t, time.process_time() - c
+    to_first, c_to_first = time.time() - spawn, time.process_time()
     dt = _timeit(lambda: p.predict(x), 2, 0)
-    return {"import_and_build_s": t_import, "first_call_s": first, "steady_slices_s": 8 / dt,
+    # Dynamo's counters only where Dynamo ran (importing it costs seconds of the start)
+    counters = (sys.modules["torch._dynamo.utils"].counters
+                if "torch._dynamo.utils" in sys.modules else {"inductor": {}})
+    return {"dynamo_imported": "torch._dynamo" in sys.modules, "import_and_model_s": t_import, "package_load_or_build_s": prepare,
+            "first_call_s": first, "process_start_to_first_output_s": to_first,
+            # CPU time (all threads) of each step: less sensitive to other jobs' load
+            "cpu_s_to_first_output": c_to_first, "cpu_import_and_model_s": c_import,
+            "cpu_package_load_or_build_s": c_prepare, "cpu_first_call_s": c_first,
+            "threads": torch.get_num_threads(),
+            "steady_slices_s": 8 / dt, "aot_state": p.aot_state,
+            "package_mb": p.aot_package.stat().st_size / 2**20 if p.aot_package else None,
             "fxgraph_cache_hit": counters["inductor"].get("fxgraph_cache_hit", 0),
             "fxgraph_cache_miss": counters["inductor"].get("fxgraph_cache_miss", 0),
             "cache_dir": str(p.compile_cache)}
@@ -506,6 +537,34 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def _cache_table(cc: dict, f) -> list[str]:
+    """The compile-cache section of the ``--scale`` page for one ``cache`` phase."""
+    lines = ["", f"## Compile cache: first call in a fresh process ({cc.get('model', 'n/a')})",
+             "", "Fast path (bf16 autocast, channels_last, freezing), batch 8. 'aot': the "
+             "AOTInductor package (`fast.aot`, the default); 'compile': torch.compile with "
+             "inductor's caches in the same folder. 'cold': empty lungfuse compile cache (the "
+             "package is exported and built); 'warm': a second, fresh Python process with "
+             "the same key (the package is loaded). 'Process start to first output' runs "
+             "from just before the process is started (interpreter, imports, model, weights "
+             "digest, package load or build, first call).", "",
+             "| path | cache | process start to first output (s) | package load or build "
+             "(s) | first call (s) | steady slices/s | package (MB) | load before |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label in ("aot_freeze1", "compile_freeze1", "compile_freeze0"):
+        for run in ("cold", "warm"):
+            r = cc.get(f"{label}_{run}")
+            if r and "error" not in r:
+                lines.append(
+                    f"| {label.replace('_', ', ')} | {run} | "
+                    f"{f(r.get('process_start_to_first_output_s'), 1)} | "
+                    f"{f(r.get('package_load_or_build_s'), 2)} | {f(r['first_call_s'], 2)} | "
+                    f"{f(r['steady_slices_s'])} | {f(r.get('package_mb'), 1)} | "
+                    f"{f(r['load_before'])} |")
+            elif r:
+                lines.append(f"| {label} | {run} | error: {r['error'][-200:]} | | | | | |")
+    return lines
+
+
 def _train_ddp_lines(td: dict, f) -> list[str]:
     """The ``segment train --processes N`` section of the ``--scale`` page."""
     lines = ["", "## Segmenter training over processes (`segment train --processes N`)", "",
@@ -538,7 +597,6 @@ def scale_report(res: dict, argv: str) -> str:
     rf, rk, cc = res.get("roofline", {}), res.get("ranks", {}), res.get("cache", {})
     tp, q8, pr = res.get("train_precision", {}), res.get("int8", {}), res.get("profile", {})
     isa = torch.backends.cpu.get_cpu_capability()
-    full = os.environ.get("INFNET_SCALE_FULL") == "1"
     peak32, peak16 = rf.get("matmul_fp32_gflop_s"), rf.get("matmul_bf16_gflop_s")
     lines = [
         "# Inf-Net: scale of the CT stage (issue 15)", "",
@@ -567,23 +625,8 @@ def scale_report(res: dict, argv: str) -> str:
     if "masks_identical_1_vs_2" in rk:
         lines += ["", f"Masks of 2 processes byte-identical to 1 process: "
                       f"{rk['masks_identical_1_vs_2']}."]
-    lines += ["", "## Compile cache: first call in a fresh process", "",
-              f"{'res2net50d, 352 px' if full else 'small Inf-Net (test_resnet), 128 px'}: "
-              "fast path (bf16 autocast, channels_last, compile), batch 8. "
-              "'cold': empty lungfuse compile cache; 'warm': a second process with the same "
-              "key.", "",
-              "| freezing | cache | first call (s) | FX graph cache hit/miss | steady slices/s "
-              "| load before |", "|---|---|---|---|---|---|"]
-    for fr in (1, 0):
-        for run in ("cold", "warm"):
-            r = cc.get(f"freeze{fr}_{run}")
-            if r and "error" not in r:
-                lines.append(f"| {'on' if fr else 'off'} | {run} | {f(r['first_call_s'], 1)} | "
-                             f"{r['fxgraph_cache_hit']}/{r['fxgraph_cache_miss']} | "
-                             f"{f(r['steady_slices_s'])} | {f(r['load_before'])} |")
-            elif r:
-                lines.append(f"| {'on' if fr else 'off'} | {run} | error: "
-                             f"{r['error'][-200:]} | | | |")
+    for c in [c for c in (cc, res.get("cache_full")) if c] or [cc]:
+        lines += _cache_table(c, f)
     lines += ["", "## bf16-mixed training (Lightning `precision`)", "",
               f"Inf-Net, test_resnet backbone, 128 px, {tp.get('n_train_slices', 'n/a')} "
               f"training slices of 6 synthetic scans, equal steps; Dice@0.5 on "
@@ -641,9 +684,14 @@ def scale_main(args) -> None:
     res["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count()}
     for ph in phases.split(","):
         before = os.getloadavg()
-        res[ph] = _run_phase(ph, args.quick)
-        res[ph]["load_avg_before_after"] = [before[0], os.getloadavg()[0]]
-        print(ph, json.dumps(res[ph], indent=1, default=str), flush=True)
+        key = f"{ph}_full" if args.full and ph == "cache" else ph  # both sizes kept
+        res[key] = _run_phase(ph, args.quick)
+        res[key]["load_avg_before_after"] = [before[0], os.getloadavg()[0]]
+        print(key, json.dumps(res[key], indent=1, default=str), flush=True)
+        if out_json.exists() and args.phases != "roofline,eager,fast,train,dice":
+            # another bench run may have added phases meanwhile: keep them
+            res = {**json.loads(out_json.read_text(encoding="utf-8")), key: res[key],
+                   "machine": res["machine"]}
         write_json(out_json, res)
         write_text(HERE / "results" / "infnet_speed_scale.md", scale_report(res, argv))
 
@@ -656,11 +704,12 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="issue 15 figures: ranks, compile "
                     "cache, bf16 training, int8, profile -> infnet_speed_scale.md")
     ap.add_argument("--freeze", type=int, default=1)
+    ap.add_argument("--aot", type=int, default=1)
     ap.add_argument("--full", action="store_true", help="--scale on res2net50d at 352 px "
                     "for the compile cache and int8 (long)")
     args = ap.parse_args()
     if args.phase == "first_call":
-        print(json.dumps(phase_first_call(args.quick, bool(args.freeze))))
+        print(json.dumps(phase_first_call(args.quick, bool(args.freeze), bool(args.aot))))
         return
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.quick)))

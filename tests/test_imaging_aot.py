@@ -153,6 +153,32 @@ def test_damaged_package_is_removed_and_rebuilt_with_a_warning(
     assert q.aot_package == good and torch.equal(out, built["out"])
 
 
+@pytest.mark.slow
+def test_a_build_in_progress_elsewhere_is_waited_for_and_its_package_loaded(
+        built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks starting together on an empty cache: while another process holds the key's
+    build lock, a predictor waits, then loads the package that process wrote instead of
+    building a second one."""
+    import threading
+
+    monkeypatch.setenv(infer.COMPILE_CACHE_ENV, str(tmp_path / "cc"))
+    builds: list[Path] = []
+    monkeypatch.setattr(infer.Predictor, "_build_aot",
+                        lambda self, folder: builds.append(folder))
+    q = infer.Predictor(copy.deepcopy(built["net"]), S, FAST)
+    folder = q.use_compile_cache()
+    with infer.aot_build_lock(folder):
+        t = threading.Thread(target=q._setup_aot)
+        t.start()
+        t.join(timeout=2.0)
+        assert t.is_alive() and q.aot_state == "compile"  # waiting for the lock
+        pkg = Path(shutil.copy2(built["p"].aot_package, folder))  # the other "process"
+    t.join(timeout=60)
+    assert not t.is_alive() and not builds
+    assert q.aot_state == "loaded" and q.aot_package == pkg
+    assert torch.equal(q.predict(built["x"]), built["out"])
+
+
 def test_export_failure_falls_back_to_torch_compile_with_one_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -171,7 +197,8 @@ def test_export_failure_falls_back_to_torch_compile_with_one_warning(
                 if r.levelno == logging.WARNING and r.name == "lungfuse.imaging"]
     assert len(warnings) == 1 and "export refused" in warnings[0] and "\n" not in warnings[0]
     assert p.aot_state == "compile" and p._net is compiled  # torch.compile kept
-    assert list(p.compile_cache.iterdir()) == []  # nothing written, no temporary left
+    # no package and no temporary left (only the build lock's empty file)
+    assert [f.name for f in p.compile_cache.iterdir()] == [".build.lock"]
 
 
 @pytest.mark.parametrize("shared", ["root_group_writable", "key_world_writable",

@@ -31,11 +31,13 @@ float32 package) and built once by AOTInductor into a ``.pt2`` package: a shared
 with the frozen weights. It is written atomically (a temporary name in the same folder,
 then a rename) as ``infnet-<sha256>.pt2`` into the key's folder above, and a later process
 with the same key loads it (``aoti_load_package``: no tracing, no compiling; about a
-second). A package is native code, so it is only ever loaded from that private keyed folder
-(owner and permissions checked by :func:`compile_cache_dir`, the file itself checked too),
-never from a path a user gives and never beside a checkpoint; its name carries its SHA-256,
-checked before loading, so a truncated or damaged package is reported (one warning),
-removed and rebuilt rather than handed to the loader. With the cache ``off`` no package is
+second). Processes of one key build one at a time (:func:`aot_build_lock`): ranks that
+start together on an empty cache wait for the first one's package instead of each
+building their own. A package is native code, so it is only ever loaded from that private
+keyed folder (owner and permissions checked by :func:`compile_cache_dir`, the file itself
+checked too), never from a path a user gives and never beside a checkpoint; its name
+carries its SHA-256, checked before loading, so a truncated or damaged package is
+reported (one warning), removed and rebuilt rather than handed to the loader. With the cache ``off`` no package is
 written or read (torch.compile, as without ``aot``); an export or build failure falls back
 to torch.compile with one warning. int8 keeps its own path (PT2E quantisation, compiled).
 """
@@ -48,8 +50,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +227,42 @@ def check_aot_package(path: Path) -> None:
                          f"(truncated or damaged)")
 
 
+class _AotModel:
+    """A loaded AOT package called like the exported module: positional tensors in, the
+    forward's output structure (Inf-Net's four maps) out, through the package's own
+    input/output specs."""
+
+    def __init__(self, loader) -> None:
+        import torch.utils._pytree as pytree
+
+        self.loader = loader
+        self._pytree = pytree
+        self._out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+
+    def __call__(self, *args: torch.Tensor):
+        flat = self._pytree.tree_flatten((args, {}))[0]
+        return self._pytree.tree_unflatten(self.loader.boxed_run(flat), self._out_spec)
+
+
+@contextmanager
+def aot_build_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/.build.lock`` (``fcntl.flock``, released when the
+    process ends however it ends): processes of one key build its package one at a time.
+    Where ``fcntl`` is missing, no lock (each process may build; the renames stay atomic)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder / ".build.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Predictor:
     """Wraps an :class:`InfNet` for inference (eval mode, no grad).
 
@@ -357,8 +395,26 @@ class Predictor:
         self._aot_pending = False
         self.aot_state = "compile"
         folder = self.compile_cache
-        if folder is None:
+        if folder is None or self._load_existing(folder):
             return
+        with aot_build_lock(folder):  # ranks starting together: one builds, the rest wait
+            if self._load_existing(folder):  # built by another process meanwhile
+                return
+            try:
+                t = time.perf_counter()
+                pkg = self._build_aot(folder)
+                self._net = self._load_aot(pkg)
+            except Exception as exc:  # noqa: BLE001 - export/AOTInductor support varies
+                log.warning("AOT package not built (%s: %s); using torch.compile (compiles "
+                            "in every process)", type(exc).__name__,
+                            str(exc).splitlines()[0][:300] if str(exc) else "")
+                return
+        self.aot_state, self.aot_package = "built", pkg
+        log.info("AOT package built in %.0f s: %s", time.perf_counter() - t, pkg)
+
+    def _load_existing(self, folder: Path) -> bool:
+        """Load the newest intact package of ``folder`` (``True``); an unusable one is
+        reported (one warning each) and removed."""
         for pkg in aot_packages(folder):
             try:
                 check_aot_package(pkg)
@@ -369,24 +425,21 @@ class Predictor:
                 pkg.unlink(missing_ok=True)
                 continue
             self.aot_state, self.aot_package = "loaded", pkg
-            return
-        try:
-            t = time.perf_counter()
-            pkg = self._build_aot(folder)
-            self._net = self._load_aot(pkg)
-        except Exception as exc:  # noqa: BLE001 - export/AOTInductor support varies
-            log.warning("AOT package not built (%s: %s); using torch.compile (compiles in "
-                        "every process)", type(exc).__name__, str(exc).splitlines()[0][:300]
-                        if str(exc) else "")
-            return
-        self.aot_state, self.aot_package = "built", pkg
-        log.info("AOT package built in %.0f s: %s", time.perf_counter() - t, pkg)
+            return True
+        return False
 
     @staticmethod
     def _load_aot(pkg: Path):
-        import torch._inductor
+        """The package's model, callable like the network. Through torch's package loader
+        itself (``torch._C._aoti``), as ``torch._inductor.aoti_load_package`` does, but
+        without importing ``torch._inductor``/``torch.export`` (they pull in Dynamo: seconds
+        of a fresh process's start); the latter where the loader class is missing."""
+        loader_cls = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+        if loader_cls is None:
+            from torch._inductor import aoti_load_package
 
-        return torch._inductor.aoti_load_package(str(pkg))
+            return aoti_load_package(str(pkg))
+        return _AotModel(loader_cls(str(pkg), "model", False, 1, -1))
 
     def _build_aot(self, folder: Path) -> Path:
         """Export the network at the static batch shape and build its AOTInductor package
