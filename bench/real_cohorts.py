@@ -700,7 +700,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{n} {r['seconds'] / 60:.1f}" for n, r in cohorts.items()) + "); "
         f"this invocation's wall time {meta['wall_seconds'] / 60:.1f} min"
         + (f", reusing {meta['reused_runs']} complete run(s) of an earlier invocation "
-           "that was stopped (`--reuse`)" if meta["reused_runs"] else ""),
+           "(`--reuse`; the figures are those runs')" if meta["reused_runs"] else ""),
         f"- versions: {meta['versions']}",
         f"- date: {meta['date']}",
         "",
