@@ -195,6 +195,7 @@ class _Autocast(torch.nn.Module):
 
 
 def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB pieces (a package holds the frozen weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -229,8 +230,8 @@ def check_aot_package(path: Path) -> None:
 
 class _AotModel:
     """A loaded AOT package called like the exported module: positional tensors in, the
-    forward's output structure (Inf-Net's four maps) out, through the package's own
-    input/output specs."""
+    forward's output structure (Inf-Net's tuple of maps) out, through the package's own
+    output spec."""
 
     def __init__(self, loader) -> None:
         import torch.utils._pytree as pytree
