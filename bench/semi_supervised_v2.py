@@ -113,6 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fm-ema", type=float, default=0.99)
     ap.add_argument("--fm-dropout", type=float, default=0.5)
     ap.add_argument("--fm-cutmix", type=float, default=0.5)
+    ap.add_argument("--fm-loss", choices=["bce", "structure"], default="bce",
+                    help="fixmatch: unlabelled loss (semi.unlabelled_loss; 'structure' is "
+                    "the form of the first partial table)")
+    ap.add_argument("--fm-final", choices=["student", "teacher"], default="student",
+                    help="fixmatch: the model the phase hands on (semi.final_model)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=list(METHODS),
                     help="models to train (supervised on L always runs: the semi methods "
                     "start from it; fixmatch_control: the same phase without the "
@@ -351,6 +356,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
                                     tau=args.fm_tau, lambda_u=lam,
                                     rampup_steps=args.fm_rampup,
                                     feature_dropout=args.fm_dropout, cutmix=args.fm_cutmix,
+                                    unlabelled_loss=args.fm_loss, final_model=args.fm_final,
                                     final_epochs=0)
             else:
                 semi = SemiSettings(**common, k_per_round=math.ceil(len(cands) / args.rounds),
@@ -466,7 +472,9 @@ def setup(args: dict[str, Any], results: list[dict[str, Any]]) -> str:
         f"{args['conf_ema']}. Fixmatch: {args['fm_steps']} steps, lr {args['fm_lr']} (poly), "
         f"tau {args['fm_tau']}, lambda_u {args['fm_lambda']}, ramp-up {args['fm_rampup']} "
         f"steps, EMA {args['fm_ema']}, feature dropout {args['fm_dropout']}, CutMix "
-        f"{args['fm_cutmix']}, unlabelled batch {args['batch_size']}, no closing fine-tune. "
+        f"{args['fm_cutmix']}, unlabelled loss {args.get('fm_loss', 'structure')}, hands on "
+        f"the {args.get('fm_final', 'student')}, unlabelled batch {args['batch_size']}, no "
+        f"closing fine-tune. "
         f"All semi methods start from the supervised-on-L model; U: candidate crops, "
         f"{args['neighbours']} slice(s) either side.")
 

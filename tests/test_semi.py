@@ -460,6 +460,56 @@ def test_pseudo_labels_confidence_and_cutmix_stay_aligned() -> None:
     assert weak_view(sq, torch.Generator().manual_seed(0)).shape == sq.shape
 
 
+def _online_loss(semi: SemiSettings, maps: tuple[Any, ...], target: Any, valid: Any) -> Any:
+    from lungfuse.plugins.imaging_infnet.fixmatch import OnlineTrainer
+
+    tr = OnlineTrainer([object()], [object()], TRAIN, semi, Path("unused.pt"), "fp")
+    return tr._unlabelled_loss(maps, target, valid)
+
+
+def test_unlabelled_loss_of_an_empty_pseudo_mask_does_not_push_every_pixel_to_zero() -> None:
+    """Most unlabelled crops get an empty pseudo mask (nodules are tiny). The default
+    unlabelled loss (masked BCE over all pixels, FixMatch/UniMatch) of a map the teacher
+    already calls background with p = 0.05 is small and its gradient per pixel is BCE's;
+    Inf-Net's structure loss (the former form) is dominated by its IoU term, near 1 per
+    map however low p already is. Unsure pixels add nothing to the default loss."""
+    s, n = 32, 2
+    z = torch.full((n, 1, s, s), math.log(0.05 / 0.95), requires_grad=True)
+    maps = (z, z, z, z, torch.zeros(n, 1, s, s))
+    empty, everywhere = torch.zeros(n, s, s), torch.ones(n, s, s)
+    assert FIX.unlabelled_loss == "bce"
+    bce = _online_loss(FIX, maps, empty, everywhere)
+    assert float(bce.detach()) == pytest.approx(4 * -math.log(0.95), rel=1e-4)  # 4 maps
+    (g,) = torch.autograd.grad(bce, z)
+    assert float(g.abs().max()) == pytest.approx(4 * 0.05 / (n * s * s), rel=1e-3)
+    structure = _online_loss(FIX.model_copy(update={"unlabelled_loss": "structure"}), maps,
+                             empty, everywhere)
+    assert float(structure) > 3.0 > 10 * float(bce)  # the IoU terms: about 1 per map
+    # unsure pixels (valid 0) are left out, and the sum still divides by every pixel
+    half = everywhere.clone()
+    half[:, :, : s // 2] = 0
+    z2 = z.detach().clone()
+    z2[..., : s // 2] = 5.0  # confidently wrong there, but unsure: no loss
+    maps2 = (z2, z2, z2, z2, maps[4])
+    assert float(_online_loss(FIX, maps2, empty, half)) == pytest.approx(float(bce) / 2,
+                                                                         rel=1e-4)
+
+
+def test_fixmatch_can_hand_on_the_ema_teacher(cases: list[ctio.Case], tmp_path: Path) -> None:
+    """final_model teacher: the phase's model is the EMA teacher (the student by default)."""
+    one = FIX.model_copy(update={"steps": 1})
+    init = _init_net()
+    tr = _fixmatch(cases, tmp_path / "t", one.model_copy(update={"final_model": "teacher"}))
+    model = tr.run(init=init)
+    obj = torch.load(tr.state_dir / "model_001.pt", weights_only=True)
+    name = "ra2_conv4.conv.weight"
+    plain = _fixmatch(cases, tmp_path / "s", one).run(init=init)
+    ref = plain.state_dict()[name]
+    torch.testing.assert_close(model.state_dict()[name], 0.9 * init.state_dict()[name] + 0.1 * ref)
+    torch.testing.assert_close(obj["student"][name], model.state_dict()[name])
+    assert not torch.equal(model.state_dict()[name], ref)
+
+
 def test_fixmatch_never_reads_the_masks_of_unlabelled_scans(
         cases: list[ctio.Case], tree: Path, tmp_path: Path) -> None:
     """U cut at candidate points from scans whose label arrays cannot be read, with

@@ -79,6 +79,15 @@ class SemiSettings(BaseModel):
     cutmix: float = Field(default=0.5, ge=0, le=1, description="fixmatch: probability "
                           "that a strong view gets a box (image and pseudo label) of "
                           "another unlabelled slice pasted in.")
+    unlabelled_loss: Literal["bce", "structure"] = Field(
+        default="bce", description="fixmatch: the unlabelled loss. 'bce': per-pixel BCE of "
+        "the four side outputs over the confident pixels, divided by all pixels (FixMatch / "
+        "UniMatch); 'structure': Inf-Net's weighted BCE + IoU + edge loss with the confident "
+        "pixels as weight, whose IoU term pushes an empty pseudo mask's every pixel to 0 "
+        "(most unlabelled crops), so the student learns to miss nodules.")
+    final_model: Literal["student", "teacher"] = Field(
+        default="student", description="fixmatch: the model the on-line phase hands on: "
+        "the student, or the EMA teacher (needs ema_decay; Mean Teacher's choice).")
     checkpoint_every: int = Field(default=50, ge=1, description="fixmatch: steps between "
                                   "resumable states (a killed run resumes from the last).")
     candidates: InputPath | None = Field(

@@ -15,17 +15,31 @@ the on-line phase takes a labelled batch ``(x, y)`` and an unlabelled batch ``u`
    the weak view's, shared by both);
 4. **feature perturbation** (UniMatch's FP stream, ``feature_dropout = q > 0``): the weak
    view's four backbone feature maps pass channel dropout (rate ``q``) before the decoder;
-5. the loss, with ``ℓ`` Inf-Net's deep-supervised structure + edge loss (``losses.py``)
-   whose per-pixel weight ``m`` removes the unsure pixels::
+5. the loss: the labelled term is Inf-Net's deep-supervised structure + edge loss
+   ``ℓ`` (``losses.py``); the unlabelled term ``ℓ_u`` is, with ``unlabelled_loss: bce``
+   (the default, FixMatch's and UniMatch's form), the per-pixel BCE of each of the four
+   side outputs against ``ŷ`` over the confident pixels, divided by *all* pixels::
+
+       ℓ_u(z, ŷ; m) = Σ_{k=2..5} Σ_px m · BCE(z_k, ŷ) / N_px
+
+   or, with ``unlabelled_loss: structure``, ``ℓ`` itself with per-pixel weight ``m``
+   (weighted BCE + weighted IoU of each map + edge loss). The IoU term of a pseudo mask
+   with no confident nodule pixel, ``1 - 1 / (Σ m w p + 1)``, pushes every confident
+   pixel's probability toward 0 until the whole map's sum is far below 1, and nodules
+   are so small that most unlabelled crops have such a mask; so ``structure`` drives the
+   student toward "no nodule" (docs/semi_supervised.md, "Why fixmatch lost")::
 
        L_t = ℓ(f(x), y) + λ_u · r(t) · U_t
-       U_t = ℓ(f(u_s), ŷ_mix; m_mix)                                  (q = 0)
-       U_t = ½ ℓ(f(u_s), ŷ_mix; m_mix) + ½ ℓ(f_q(u_w), ŷ; m)          (q > 0)
+       U_t = ℓ_u(f(u_s), ŷ_mix; m_mix)                                (q = 0)
+       U_t = ½ ℓ_u(f(u_s), ŷ_mix; m_mix) + ½ ℓ_u(f_q(u_w), ŷ; m)      (q > 0)
        r(t) = exp(-5 (1 - min(t / T_r, 1))²)                          (ramp-up, T_r steps)
 
 6. Adam at ``lr · (1 - t / T)^0.9`` (UniMatch's poly decay over the ``T = steps``
    steps), gradients clipped at ``train.grad_clip``, then the EMA teacher update
    ``θ_T ← d θ_T + (1 - d) θ_S`` (buffers copied).
+
+The phase hands on the student, or with ``final_model: teacher`` (and ``ema_decay``)
+the EMA teacher, as Mean Teacher evaluates it.
 
 All the randomness of step ``t`` (batch draws, augmentations, CutMix boxes, dropout)
 comes from generators seeded by ``(train.seed, t)``, so a run killed after its last
@@ -166,6 +180,23 @@ def apply_cutmix(img: Tensor, target: Tensor, valid: Tensor, boxes: Tensor,
     return img, target, valid
 
 
+def unlabelled_bce(maps: Sequence[Tensor], target: Tensor, valid: Tensor) -> Tensor:
+    """FixMatch's unlabelled loss for Inf-Net: per-pixel BCE of each side output
+    ``maps[:4]`` (logits ``(n, 1, S, S)``) against the hard pseudo mask ``target``, kept
+    where ``valid`` is 1, summed over the maps and divided by the number of *all* pixels
+    (as UniMatch divides its masked cross-entropy), so a slice with few confident pixels
+    weighs little. No IoU or edge term: they would turn an empty pseudo mask into a push
+    of every pixel toward 0."""
+    n_px = max(target.numel(), 1)
+    v = valid.to(maps[0].dtype)
+    y = target.to(maps[0].dtype)
+    total = maps[0].new_zeros(())
+    for z in maps[:4]:
+        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        total = total + (v * bce).sum() / n_px
+    return total
+
+
 def pseudo_targets(prob: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """Hard pseudo mask ``[p >= 0.5]`` and confident-pixel mask ``[max(p, 1-p) >= τ]``."""
     return (prob >= 0.5).to(prob.dtype), (torch.maximum(prob, 1 - prob) >= tau).to(prob.dtype)
@@ -277,6 +308,15 @@ class OnlineTrainer:
         return int(obj["step"])
 
     # --- one step ----------------------------------------------------------------------
+    def _unlabelled_loss(self, maps: Sequence[Tensor], target: Tensor, valid: Tensor
+                         ) -> Tensor:
+        """``ℓ_u``: masked BCE over all pixels (``bce``) or Inf-Net's loss (``structure``)."""
+        if self.semi.unlabelled_loss == "bce":
+            return unlabelled_bce(maps, target[:, None], valid[:, None])
+        loss, _ = infnet_loss(tuple(maps), target[:, None], edge_of(target)[:, None],
+                              valid[:, None])
+        return loss
+
     def step(self, t: int, student: InfNet, teacher: InfNet | None,
              opt: torch.optim.Optimizer) -> dict[str, float]:
         """One optimiser step ``t`` (see the module doc); returns its losses."""
@@ -315,11 +355,10 @@ class OnlineTrainer:
         ones = bool((vl == 1).all())
         loss_x, _ = infnet_loss(lab, yl[:, None], edge_of(yl)[:, None],
                                 None if ones else vl[:, None])
-        loss_u, _ = infnet_loss(strong, ymix[:, None], edge_of(ymix)[:, None], mmix[:, None])
+        loss_u = self._unlabelled_loss(strong, ymix, mmix)
         if fp:
             pert = tuple(mp[bl + bu:] for mp in maps)
-            loss_fp, _ = infnet_loss(pert, y[:, None], edge_of(y)[:, None], m[:, None])
-            loss_u = 0.5 * loss_u + 0.5 * loss_fp
+            loss_u = 0.5 * loss_u + 0.5 * self._unlabelled_loss(pert, y, m)
         w_u = s.lambda_u * rampup(t, s.rampup_steps)
         loss = loss_x + w_u * loss_u
         for g in opt.param_groups:

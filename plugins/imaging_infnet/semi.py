@@ -262,7 +262,7 @@ _NOT_FINGERPRINTED = {"state_dir", "rounds", "checkpoint_every", "candidates",
 #: Settings only the fixmatch phase reads (left out for the other methods, so that their
 #: state directories written before these settings existed still resume).
 _FIXMATCH_ONLY = {"steps", "unlabelled_batch_size", "lambda_u", "rampup_steps",
-                  "feature_dropout", "cutmix"}
+                  "feature_dropout", "cutmix", "unlabelled_loss", "final_model"}
 
 
 @dataclass
@@ -488,6 +488,8 @@ class SemiTrainer:
                                self.state_dir / "online.pt", self._fp, self.progress,
                                self.on_step)
         student, teacher = online.run(student, teacher)
+        if self.semi.final_model == "teacher" and teacher is not None:
+            student = _clone(teacher)  # the EMA model goes on (Mean Teacher's choice)
         rec = RoundRecord(1, len(self.candidates), len(self.labelled), float("nan"),
                           steps=online.stats.steps, online=online.stats.mean())
         return student, teacher, rec
