@@ -62,8 +62,9 @@ import semi_supervised as v1  # noqa: E402  (scoring helpers of the first bench)
 
 METHODS = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "sup_all")
 SEMI = ("progressive", "confidence", "fixmatch", "fixmatch_control")
-#: what runs unless --methods says otherwise (the control is a diagnostic)
-DEFAULT = ("sup_L", "progressive", "confidence", "fixmatch", "sup_all")
+#: what runs unless --methods says otherwise (the control tells the unlabelled loss's
+#: effect from that of more labelled steps and of the EMA teacher)
+DEFAULT = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "sup_all")
 LABELS = {"sup_L": "supervised on L", "progressive": "semi: progressive (Semi-Inf-Net)",
           "confidence": "semi: confidence, foreground + EMA",
           "fixmatch": "semi: fixmatch (EMA, CutMix, feature dropout)",
@@ -116,8 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fm-loss", choices=["bce", "structure"], default="bce",
                     help="fixmatch: unlabelled loss (semi.unlabelled_loss; 'structure' is "
                     "the form of the first partial table)")
-    ap.add_argument("--fm-final", choices=["student", "teacher"], default="student",
-                    help="fixmatch: the model the phase hands on (semi.final_model)")
+    ap.add_argument("--fm-final", choices=["student", "teacher"], default="teacher",
+                    help="fixmatch and its control: the model the phase hands on "
+                    "(semi.final_model; the first partial table had the student)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=list(METHODS),
                     help="models to train (supervised on L always runs: the semi methods "
                     "start from it; fixmatch_control: the same phase without the "
