@@ -196,9 +196,14 @@ def _train_here(cfg, config: Path, resume: Path | None, no_progress: bool, here,
     if cfg.mode == "semi":  # pseudo-label rounds (see semi.py), one process
         from .semi import train_semi
 
-        status = _train_status(cfg.out_dir, config, 1) if owns_status else None
+        status = None
+
+        def begin() -> None:  # the inputs are checked: from here on the folder says
+            nonlocal status
+            status = _train_status(cfg.out_dir, config, 1) if owns_status else None
+
         try:
-            ckpt, st = train_semi(cfg, cases, progress=progress)
+            ckpt, st = train_semi(cfg, cases, progress=progress, begin=begin)
         except BaseException as exc:
             _end_status(status, exc)
             raise

@@ -592,11 +592,14 @@ class SemiTrainer:
 
 
 # ----------------------------------------------------------------------------- CLI entry
-def train_semi(cfg: Any, cases: list[Any], progress: bool = True) -> tuple[Path, SemiTrainer]:
+def train_semi(cfg: Any, cases: list[Any], progress: bool = True,
+               begin: Any = None) -> tuple[Path, SemiTrainer]:
     """``lungfuse segment train`` with ``mode: semi``: split scans as the supervised mode
     (seeded validation scans), build labelled and unlabelled pools, run the rounds and
     write ``out_dir/infnet.pt``. With ``semi.candidates`` the unlabelled slices are cut
-    at the file's points (read and checked first, before any scan is cut)."""
+    at the file's points (read and checked first, before any scan is cut). ``begin()``
+    is called once every input has been checked, just before training starts (the CLI
+    writes its status file there, so a refused input leaves no output folder)."""
     from .dataset import build_pool
     from .train import load_checkpoint, save_checkpoint
 
@@ -647,6 +650,8 @@ def train_semi(cfg: Any, cases: list[Any], progress: bool = True) -> tuple[Path,
         cands = cands + hidden
     ids = sorted({pid[c.uid] for c in cases})
     init = load_checkpoint(semi.init_checkpoint)[0] if semi.init_checkpoint else None
+    if begin is not None:
+        begin()
     trainer = SemiTrainer(pool, cands, vpool, cfg.slices, t, semi,
                           semi.state_dir or Path(cfg.out_dir) / "semi", ids, test,
                           progress=progress)
