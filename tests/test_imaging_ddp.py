@@ -129,6 +129,11 @@ def test_lightning_takes_the_layout_from_torchrun_and_slurm(
         ddp_placement(6, {"LOCAL_WORLD_SIZE": "4"})
     kw = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False}
     assert isinstance(L.Trainer(**ddp_placement(1), **kw).strategy, SingleDeviceStrategy)
+    # a Trainer built as rank 3 sets Lightning's process-wide rank (rank_zero_only.rank),
+    # which would silence the loggers and rank-0 writes of every later test: restore it
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
 
     for k in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
         monkeypatch.delenv(k)
