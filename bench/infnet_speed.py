@@ -213,6 +213,17 @@ def _scale_tree(n_scans: int = 8, size: int = 128, depth: int = 24) -> Path:
     return root
 
 
+def _segment_cli(command: str, cfg: Path, processes: int):
+    """``lungfuse segment <command> cfg --processes N`` in a fresh process: (the completed
+    process, its wall seconds, the 1-minute load average before it started)."""
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "segment", command,
+                        str(cfg), "--processes", str(processes), "--no-progress"],
+                       capture_output=True, text=True)
+    return r, time.perf_counter() - t, load
+
+
 def phase_ranks(quick: bool) -> dict:
     """``lungfuse segment predict`` over 1 and 2 processes: wall time of the whole command
     and of each rank's segmenting loop (res2net50d, untrained, 128 px, float32 eager)."""
@@ -235,12 +246,7 @@ def phase_ranks(quick: bool) -> dict:
         cfg.write_text(json.dumps({"ct_root": str(root), "checkpoint": str(ck),
                                    "out_dir": str(SCALE_DIR / f"pred{n}"), "overlays": False,
                                    "fast": {"enabled": False}}), encoding="utf-8")
-        load = os.getloadavg()[0]
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "segment", "predict",
-                            str(cfg), "--processes", str(n), "--no-progress"],
-                           capture_output=True, text=True)
-        wall = time.perf_counter() - t
+        r, wall, load = _segment_cli("predict", cfg, n)
         if r.returncode:
             out[f"p{n}_error"] = r.stderr.strip().splitlines()[-1:]
             continue
@@ -426,12 +432,7 @@ def phase_train_ddp(quick: bool) -> dict:
             "train": {"backbone": "test_resnet", "channel": 16, "epochs": epochs,
                       "batch_size": 8, "lr": 1e-3, "multiscale": [1.0], "augment": False,
                       "val_fraction": 0.0}}), encoding="utf-8")
-        load = os.getloadavg()[0]
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "segment", "train",
-                            str(cfg), "--processes", str(n), "--no-progress"],
-                           capture_output=True, text=True)
-        wall = time.perf_counter() - t
+        r, wall, load = _segment_cli("train", cfg, n)
         if r.returncode:
             out[f"p{n}_error"] = r.stderr.strip().splitlines()[-1:]
             continue
