@@ -205,15 +205,23 @@ def test_bad_baseline_is_one_line_before_any_folder(data, tmp_path, entry, why) 
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_cli_unknown_baseline_exits_2_with_one_line(data, tmp_path) -> None:
+def _cli_with_baselines(data, tmp_path, command: str, baselines: list[str]):
+    """``lungfuse <command>`` on a survival config of the installed cnv modality alone."""
     import yaml
 
-    cfg = config(data, "survival", baselines=["logreg"], output_dir=str(tmp_path / "runs"))
+    cfg = config(data, "survival", baselines=baselines, output_dir=str(tmp_path / "runs"))
     cfg["modalities"] = cfg["modalities"][1:]  # the installed cnv modality alone
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "run", str(path)],
-                         capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lungfuse.core.cli", command, str(path)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_cli_unknown_baseline_exits_2_with_one_line(data, tmp_path, command) -> None:
+    """`run` refuses a baseline unsuited to the task before any folder; `validate` refuses
+    it the same way."""
+    res = _cli_with_baselines(data, tmp_path, command, ["logreg"])
     assert res.returncode == 2, res.stderr
     lines = [x for x in res.stderr.strip().splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "baselines[0]" in lines[0]
@@ -221,24 +229,10 @@ def test_cli_unknown_baseline_exits_2_with_one_line(data, tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_validate_refuses_what_run_refuses_and_plugins_lists_baselines(data, tmp_path) -> None:
-    """`lungfuse validate` checks baseline names as `run` does; `lungfuse plugins` lists the
-    baselines group beside modalities and fusion heads."""
-    import yaml
-
-    cfg = config(data, "survival", baselines=["logreg"], output_dir=str(tmp_path / "runs"))
-    cfg["modalities"] = cfg["modalities"][1:]  # the installed cnv modality alone
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "validate", str(path)],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2
-    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "baselines[0]" in lines[0] and "coxnet" in lines[0]
-    cfg["baselines"] = ["coxnet"]
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "validate", str(path)],
-                         capture_output=True, text=True, timeout=300)
+def test_validate_names_the_baselines_and_plugins_lists_them(data, tmp_path) -> None:
+    """`lungfuse validate` accepts an installed baseline and names it; `lungfuse plugins`
+    lists the baselines group beside modalities and fusion heads."""
+    res = _cli_with_baselines(data, tmp_path, "validate", ["coxnet"])
     assert res.returncode == 0 and "baselines coxnet" in res.stdout, res.stderr
     res = subprocess.run([sys.executable, "-m", "lungfuse.core.cli", "plugins", "--json"],
                          capture_output=True, text=True, timeout=300, check=True)
