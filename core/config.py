@@ -205,9 +205,14 @@ def validate_config(
     base_dir: str | Path | None = None,
     registry: Registry | None = None,
     check_paths: bool = True,
+    stored: bool = False,
 ) -> Any:
+    """Validate ``data`` with the installed plugins' config models. ``stored``: ``data`` is
+    a run folder's saved config (a plugin may then read a setting it lacks as what the
+    version that wrote it did, via the validation context's ``stored_config``)."""
     model = experiment_model_from(registry)
-    ctx = {"base_dir": Path(base_dir or Path.cwd()), "check_paths": check_paths}
+    ctx = {"base_dir": Path(base_dir or Path.cwd()), "check_paths": check_paths,
+           "stored_config": stored}
     try:
         return model.model_validate(data, context=ctx)
     except ValidationError as exc:

@@ -281,10 +281,11 @@ def normalised_stored_config(stored: Mapping[str, Any], folder: Path,
     try:
         if model is not None:
             cfg = model.model_validate(dict(stored), context={"base_dir": folder,
-                                                              "check_paths": False})
+                                                              "check_paths": False,
+                                                              "stored_config": True})
         else:
             cfg = validate_config(dict(stored), source=str(folder / "config.yaml"),
-                                  base_dir=folder, check_paths=False)
+                                  base_dir=folder, check_paths=False, stored=True)
     except Exception as exc:  # noqa: BLE001 - any refusal: compare the raw mapping instead
         log.debug("stored config of %s not normalised: %s", folder, one_line(exc))
         return dict(stored)

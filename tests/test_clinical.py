@@ -188,6 +188,27 @@ def test_state_without_lambdas_applies_the_identity(tmp_path: Path) -> None:
         restored.load_state_dict({**old, "lambdas": [1.0]})
 
 
+def test_a_saved_config_from_before_the_transform_is_read_as_none(tmp_path: Path) -> None:
+    """`--resume` compares a run folder's saved config with the current one: a folder
+    written before `transform` existed ran without it, so it reads as `none` there, while
+    a new config without the key gets the default."""
+    from lungfuse.core.config import config_to_dict, validate_config
+    from lungfuse.core.rundir import _config_difference, normalised_stored_config
+
+    cohort = tmp_path / "cohort.parquet"
+    pd.DataFrame({"patient_id": P, "malignant": [0, 1] * 4, "age": range(8)}).to_parquet(cohort)
+    new = {"name": "c", "cohort": {"clinical": str(cohort)},
+           "modalities": [{"kind": "clinical", "numeric": ["age"]}], "fusion": {"kind": "concat"}}
+    current = config_to_dict(validate_config(new, base_dir=tmp_path))  # a new config
+    assert current["modalities"][0]["transform"] == "yeo-johnson"
+    old = json.loads(json.dumps(current))
+    del old["modalities"][0]["transform"]
+    assert normalised_stored_config(old, tmp_path)["modalities"][0]["transform"] == "none"
+    assert _config_difference(normalised_stored_config(old, tmp_path),
+                              current) == "modalities[0].transform"
+    assert normalised_stored_config(current, tmp_path) == current
+
+
 def test_patients_without_any_value_are_absent(tmp_path: Path) -> None:
     df = rows()
     df.loc[P[7], ["age", "sex", "pack_years"]] = [np.nan, None, np.nan]

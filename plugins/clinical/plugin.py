@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lungfuse.core.contracts import ModalityConfig, ModalityContext, ModalityPlugin
 from lungfuse.schemas import InputPath
@@ -92,6 +92,17 @@ class ClinicalConfig(ModalityConfig):
     )
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Encoder dropout rate.")
     embedding_dim: int = Field(default=8, ge=1, le=4096, description="Encoder output size.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_transform(cls, data: Any, info: ValidationInfo) -> Any:
+        """A run folder's saved config written before `transform` existed ran without
+        it: read it as `none` there (so `--resume` compares what the folder ran), while a
+        new config without the key gets the default."""
+        stored = bool(info.context and info.context.get("stored_config"))
+        if stored and isinstance(data, Mapping) and "transform" not in data:
+            return {**data, "transform": "none"}
+        return data
 
     @field_validator("hidden")
     @classmethod
