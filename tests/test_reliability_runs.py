@@ -469,10 +469,25 @@ def _cnv_config(data: Path, tmp_path: Path, **kw) -> Path:
     return path
 
 
+def _sigint_ignored(pid: int) -> str:
+    """Whether process ``pid`` ignores SIGINT, from its /proc status (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("SigIgn:"):
+                return str(bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1))))
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _start_and_wait_for(cmd: list[str], glob: str, root: Path) -> subprocess.Popen:
     """Start ``cmd`` and return once a file matching ``glob`` exists under ``root``."""
+    # the child starts with SIGINT at its default, as from a shell: an ignored SIGINT is
+    # inherited across exec, and Python then installs no KeyboardInterrupt handler, so a
+    # disposition left behind in this test process would make the Ctrl-C tests hang
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            encoding="utf-8", errors="replace", env=_env())
+                            encoding="utf-8", errors="replace", env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(root.glob(glob)):
         time.sleep(0.05)
@@ -527,7 +542,14 @@ def test_ctrl_c_during_training_exits_130_with_one_line(data, tmp_path) -> None:
     proc = _start_and_wait_for([*_lungfuse(), "run", str(path), "--no-progress"],
                                "*/models/seed0-fold0/checkpoints/best.ckpt", tmp_path / "runs")
     proc.send_signal(signal.SIGINT)  # inside Lightning's fit: 5000 epochs, no early stop
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        ignored = _sigint_ignored(proc.pid)
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"no exit 120 s after SIGINT (child ignores SIGINT: {ignored}; this "
+                    f"process's handler: {signal.getsignal(signal.SIGINT)}):\n{err[-2000:]}")
     assert proc.returncode == 130, err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines[-1] == "interrupted" and "Traceback" not in err
