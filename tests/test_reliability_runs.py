@@ -131,14 +131,11 @@ def data(tmp_path_factory) -> Path:
     return make_data(tmp_path_factory.mktemp("reliable"))
 
 
-@pytest.fixture(scope="module")
-def story(data):
-    """Run A is interrupted (Ctrl-C) in its second fold; run B, into the same output
-    folder, runs uninterrupted and is told about A; then A is resumed."""
+def interrupt_in_second_fold(run_fn, cfg) -> Path:
+    """``run_fn(cfg)`` with a Ctrl-C raised as its second fold starts; returns the one run
+    folder it left in ``cfg['output_dir']``."""
     import lungfuse.core.folds as folds
 
-    out = data / "story"
-    cfg = config(data, out)
     real, calls = folds.train_fold, {"n": 0}
 
     def ctrl_c_in_second_fold(*a, **k):
@@ -149,10 +146,22 @@ def story(data):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(folds, "train_fold", ctrl_c_in_second_fold)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    mp.undo()
-    (a_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_fn(cfg)
+    finally:
+        mp.undo()
+    (folder,) = [p for p in Path(cfg["output_dir"]).iterdir() if p.is_dir()]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def story(data):
+    """Run A is interrupted (Ctrl-C) in its second fold; run B, into the same output
+    folder, runs uninterrupted and is told about A; then A is resumed."""
+    out = data / "story"
+    cfg = config(data, out)
+    a_dir = interrupt_in_second_fold(run, cfg)
     a_interrupted = run_json(a_dir)
     notes: list[str] = []
     b = run(cfg, notify=notes.append)

@@ -144,9 +144,8 @@ def test_old_run_folder_without_new_settings_resumes(tmp_path) -> None:
 
     import pytest
     import yaml
-    from test_reliability_runs import WideModality, config, make_data
+    from test_reliability_runs import WideModality, config, interrupt_in_second_fold, make_data
 
-    import lungfuse.core.folds as folds
     from lungfuse.core.errors import ConfigError
     from lungfuse.core.run import run_experiment
 
@@ -155,20 +154,7 @@ def test_old_run_folder_without_new_settings_resumes(tmp_path) -> None:
 
     data = make_data(tmp_path / "data")
     cfg = config(data, tmp_path / "out")
-    real, calls = folds.train_fold, {"n": 0}
-
-    def ctrl_c_in_second_fold(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(folds, "train_fold", ctrl_c_in_second_fold)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    mp.undo()
-    (old,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    old = interrupt_in_second_fold(run, cfg)
     stripped = _strip_new_keys(old)
     assert "baselines" not in stripped and "selection" not in stripped["training"]
     status = json.loads((old / "run.json").read_text(encoding="utf-8"))
