@@ -14,15 +14,17 @@ backbone left a 0.03 Dice gap between 10 % of the labels and all of them). Per s
 * the training scans in one seeded order; for a label budget ``b`` (``--budget``, a share
   of the training slices) the first scans of that order whose slice pools reach ``b`` of
   all training slices are **labelled** (L: nodule-centred crops + half as many crops at
-  random body points, as ``segment train``); the others are **unlabelled** (U: crops at
-  their candidates, ``--neighbours`` slices either side, as ``segment train`` with
+  random body points, as ``segment train``, and with ``--l-candidates``, the default, crops
+  at their own candidates cut as U's, as ``segment train`` with
+  ``semi.labelled_candidates``); the others are **unlabelled** (U: crops at their
+  candidates, ``--neighbours`` slices either side, as ``segment train`` with
   ``semi.candidates``; their masks are read only to score pseudo labels afterwards).
   Budgets are nested (the 5 % scans are among the 10 % scans);
 * models on that data: **supervised on L**; **progressive** (Semi-Inf-Net) and
   **confidence** (foreground filter + EMA teacher) rounds from it; **fixmatch** (on-line
   weak/strong consistency with an EMA teacher, CutMix and UniMatch's feature dropout)
-  from it; **supervised on all** training slices with their masks (the ceiling; one per
-  seed, shared by the budgets).
+  from it; **supervised on all** training slices with their masks (the ceiling: L's
+  construction on every training scan; one per seed, shared by the budgets).
 
 Scores on the validation patients: Dice@0.5 and mean Dice over 256 thresholds on their
 nodule crops (as ``segment evaluate``); per-nodule 3D Dice (the crops of every slice the
@@ -89,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--neighbours", type=int, default=1,
                     help="U: slices either side of each candidate's slice")
+    ap.add_argument("--l-candidates", action=argparse.BooleanOptionalAction, default=True,
+                    help="L (and the ceiling) also hold the labelled scans' candidate crops, "
+                    "cut as U's, with their masks (semi.labelled_candidates); "
+                    "--no-l-candidates: nodule-centred and random crops only (the first "
+                    "partial table)")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--channel", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -273,7 +280,11 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     from lungfuse.plugins.imaging_infnet.candidates import read_candidates
     from lungfuse.plugins.imaging_infnet.config import SemiSettings, SliceSettings, TrainSettings
     from lungfuse.plugins.imaging_infnet.dataset import SlicePool, build_pool
-    from lungfuse.plugins.imaging_infnet.semi import SemiTrainer, predict_probs
+    from lungfuse.plugins.imaging_infnet.semi import (
+        SemiTrainer,
+        labelled_at_points,
+        predict_probs,
+    )
     from lungfuse.plugins.imaging_infnet.train import fit
 
     t0 = time.perf_counter()
@@ -284,9 +295,13 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
                          batch_size=args.batch_size, lr=args.lr, multiscale=[1.0],
                          negatives_per_positive=0.5, val_fraction=0.0, seed=seed)
     pools = {c.uid: build_pool([c], slices, 0.5, seed) for c in trn}
-    everything = SlicePool(it for c in trn for it in pools[c.uid])
-    vpool = build_pool(val, slices, 0.5, seed)
     points = read_candidates(cand_csv, {c.uid for c in cases})
+    at_cands = {c.uid: (labelled_at_points([c], points, slices, args.neighbours)
+                        if args.l_candidates else []) for c in trn}
+    # the budget counts the nodule / random crops (the same scans labelled with or
+    # without --l-candidates); a labelled scan brings its candidate crops too
+    everything = SlicePool(it for c in trn for it in pools[c.uid] + at_cands[c.uid])
+    vpool = build_pool(val, slices, 0.5, seed)
     val_patients = {c.patient_id or c.uid for c in val}
     trn_patients = sorted({c.patient_id or c.uid for c in trn})
     res: dict[str, Any] = {"info": {"seed": seed, "scans": len(cases),
@@ -322,18 +337,20 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         tag = f", {b:.0%}"
         lab_scans = labelled_scans(trn, pools, b, seed)
         lab_uids = {c.uid for c in lab_scans}
-        lab = SlicePool(it for c in lab_scans for it in pools[c.uid])
+        lab = SlicePool(it for c in lab_scans for it in pools[c.uid] + at_cands[c.uid])
         unl = [c for c in trn if c.uid not in lab_uids]
         cands = unlabelled_pool(unl, points, slices, args.neighbours)
         u_pos = sum(bool((c.hidden_mask > 0.5).any()) for c in cands)
         info = {"budget": b, "L_scans": len(lab_scans), "L": len(lab),
-                "L_pos": sum(it.source == "labelled" for it in lab),
+                "L_pos": sum(bool((it.mask > 0.5).any()) for it in lab),
+                "L_candidate_crops": sum(it.source == "candidate" for it in lab),
                 "L_share": len(lab) / len(everything), "U_scans": len(unl),
                 "U": len(cands), "U_pos": u_pos}
         out: dict[str, Any] = {"info": info, "methods": {}}
         res["budgets"][str(b)] = out
         print(f"[seed {seed}{tag}] L = {len(lab)} slices of {len(lab_scans)} scans "
-              f"({info['L_pos']} with a nodule, {info['L_share']:.1%} of the training "
+              f"({info['L_candidate_crops']} at candidates; {info['L_pos']} with a nodule, "
+              f"{info['L_share']:.1%} of the training "
               f"slices); U = {len(cands)} candidate crops of {len(unl)} scans ({u_pos} "
               "with a nodule)", flush=True)
         t = time.perf_counter()
@@ -449,8 +466,9 @@ def data_line(results: list[dict[str, Any]], b: str) -> str:
         if bud is None:
             continue
         i = bud["info"]
+        at = (f"{i['L_candidate_crops']} at candidates, " if "L_candidate_crops" in i else "")
         parts.append(f"seed {r['info']['seed']}: L = {i['L']} slices of {i['L_scans']} scans "
-                     f"({i['L_pos']} with a nodule, {i['L_share']:.1%}), U = {i['U']} "
+                     f"({at}{i['L_pos']} with a nodule, {i['L_share']:.1%}), U = {i['U']} "
                      f"candidate crops of {i['U_scans']} scans ({i['U_pos']} with a nodule)")
     return "; ".join(parts)
 
@@ -478,7 +496,9 @@ def setup(args: dict[str, Any], results: list[dict[str, Any]]) -> str:
         f"the {args.get('fm_final', 'student')}, unlabelled batch {args['batch_size']}, no "
         f"closing fine-tune. "
         f"All semi methods start from the supervised-on-L model; U: candidate crops, "
-        f"{args['neighbours']} slice(s) either side.")
+        f"{args['neighbours']} slice(s) either side; L and the ceiling "
+        + ("also hold the labelled scans' candidate crops, cut as U's, with their masks."
+           if args.get("l_candidates") else "hold nodule-centred and random crops only."))
 
 
 def report(cmd: str, machine: str, wall: float, args: dict[str, Any],

@@ -611,6 +611,28 @@ def test_candidates_file_cuts_crops_at_its_points(cases: list[ctio.Case], tree: 
     assert sample_per_series(pts, 1, 0) == sample_per_series(pts, 1, 0)
 
 
+def test_labelled_scans_candidates_are_cut_as_u_with_their_masks(
+        cases: list[ctio.Case], tree: Path, tmp_path: Path) -> None:
+    """semi.labelled_candidates: a labelled scan's candidate crops are the crops U would
+    get at the same points, paired with the scan's true mask; other scans' points add
+    nothing."""
+    from lungfuse.plugins.imaging_infnet.candidates import read_candidates
+    from lungfuse.plugins.imaging_infnet.dataset import cut_slice
+
+    csv = _candidates_csv(tmp_path / "c.csv", tree, ["u0", "u2"])
+    pts = read_candidates(csv, {c.uid for c in cases})
+    crop = SliceSettings(img_size=64, mode="crop", crop_mm=32)
+    items = semi_mod.labelled_at_points(cases[:1], pts, crop, neighbours=1)
+    as_u = semi_mod.candidates_at_points(cases[:1], pts, crop, neighbours=1)
+    assert [(it.uid, it.z) for it in items] == [(c.uid, c.z) for c in as_u]
+    assert {it.uid for it in items} == {"u0"} and {it.source for it in items} == {"candidate"}
+    for it, c in zip(items, as_u, strict=True):
+        assert torch.equal(it.image, c.image)
+        _, y = cut_slice(cases[0].volume, it.z, crop, cases[0].labels, c.centre)
+        assert torch.equal(it.mask, (y > 0).half())
+    assert any(bool(it.mask.any()) for it in items)  # the nodule points' crops hold it
+
+
 @pytest.mark.parametrize(("extra", "edit", "message"), [
     ("u2,1.0,abc,3.0,0\n", None, r"c\.csv, line \d+: coordY 'abc' is not a finite number"),
     ("u2,1.0,2.0,,0\n", None, r"line \d+: coordZ '' is not a finite number"),
@@ -635,26 +657,57 @@ def test_candidates_file_errors_are_one_line(cases: list[ctio.Case], tree: Path,
 
 
 def test_segment_train_fixmatch_on_candidates(tree: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
     from lungfuse.core.cli import main
 
-    csv = _candidates_csv(tmp_path / "cand.csv", tree, ["u2", "u3"])
-    path = _config(tmp_path, tree, method="fixmatch", unlabelled_series=["u3"],
-                   candidates=str(csv), steps=2, batch_size=4, ema_decay=0.9,
-                   final_epochs=0, labelled_fraction=None)
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    cfg["slices"] = {"img_size": 64, "mode": "crop", "crop_mm": 32}
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    with pytest.raises(SystemExit) as exc:
-        main(["segment", "train", str(path), "--no-progress"])
-    assert exc.value.code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    n_u3 = sum(1 for ln in csv.read_text(encoding="utf-8").splitlines() if ln.startswith("u3,"))
-    assert "semi-supervised (fixmatch): 1 round(s)" in out and f"+ {n_u3} unlabelled" in out
-    _, meta = load_checkpoint(tmp_path / "out" / "infnet.pt")
-    assert meta["extra"]["method"] == "fixmatch" and meta["extra"]["history"][1]["steps"] == 2
+    csv = _candidates_csv(tmp_path / "cand.csv", tree, [f"u{i}" for i in range(N_SCANS)])
+    n_labelled = {}
+    calls: list[list[str]] = []
+    made: list[int] = []
+    labelled_at = semi_mod.labelled_at_points
+
+    def spy(scans: Any, *a: Any, **k: Any) -> Any:
+        calls.append([c.uid for c in scans])
+        out = labelled_at(scans, *a, **k)
+        made.append(len(out))
+        return out
+
+    for with_cands in (True, False):
+        calls.clear()
+        monkeypatch.setattr(semi_mod, "labelled_at_points", spy)
+        run = tmp_path / f"lc_{with_cands}"
+        run.mkdir()
+        path = _config(run, tree, method="fixmatch", unlabelled_series=["u3"],
+                       candidates=str(csv), steps=2, batch_size=4, ema_decay=0.9,
+                       final_epochs=0, labelled_fraction=None, test_patients=["u4"],
+                       labelled_candidates=with_cands)
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg["slices"] = {"img_size": 64, "mode": "crop", "crop_mm": 32}
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        with pytest.raises(SystemExit) as exc:
+            main(["segment", "train", str(path), "--no-progress"])
+        monkeypatch.undo()
+        assert exc.value.code == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        n_u3 = sum(1 for ln in csv.read_text(encoding="utf-8").splitlines()
+                   if ln.startswith("u3,"))
+        assert "semi-supervised (fixmatch): 1 round(s)" in out and f"+ {n_u3} unlabelled" in out
+        _, meta = load_checkpoint(run / "out" / "infnet.pt")
+        assert meta["extra"]["method"] == "fixmatch"
+        assert meta["extra"]["history"][1]["steps"] == 2
+        n_labelled[with_cands] = meta["extra"]["n_labelled"]
+        if with_cands:
+            # only the labelled training scans: not U's (u3), the test patient's (u4) nor
+            # the validation scan (one of the four others, val_fraction 0.25)
+            assert len(calls) == 1 and len(calls[0]) == 3
+            assert not {"u3", "u4"} & set(calls[0])
+            added = made[0]
+        else:
+            assert calls == []
+    assert added > 0 and n_labelled[True] == n_labelled[False] + added
 
     # a bad row stops the command with one line before anything is trained
     bad = tmp_path / "bad"

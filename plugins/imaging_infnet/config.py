@@ -97,6 +97,11 @@ class SemiSettings(BaseModel):
         "every slice_stride-th whole slice.")
     candidate_neighbours: int = Field(default=0, ge=0, description="candidates: also this "
                                       "many slices above and below each candidate's slice.")
+    labelled_candidates: bool = Field(
+        default=True, description="candidates: the labelled training scans' candidate "
+        "points are cut as the unlabelled ones (with their true masks) and added to the "
+        "labelled slices, so that the model which labels U has seen crops centred on "
+        "look-alikes; false: labelled slices are nodule-centred and random crops only.")
     candidates_per_series: int | None = Field(
         default=None, ge=1, description="candidates: at most this many per series (a "
         "seeded sample; LUNA16 has hundreds per scan).")

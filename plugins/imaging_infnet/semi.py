@@ -46,7 +46,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,19 +108,17 @@ def candidates_from_cases(cases: Sequence[Any], slices: SliceSettings,
     return out
 
 
-def candidates_at_points(cases: Sequence[Any], points: Sequence[Any], slices: SliceSettings,
-                         neighbours: int = 0, source: str = "candidates") -> list[Candidate]:
-    """Unlabelled slices at candidate points (:class:`~.candidates.CandidatePoint`): for a
-    point at voxel ``(x, y, z)`` of its scan, the slices ``round(z) ± 0..neighbours``,
-    each a crop centred on ``(x, y)`` in crop mode, else the whole slice (a slice taken
-    twice is kept once). Only the scans' images are read, never their labels; a point
-    outside its scan is an error naming its line of ``source``."""
+def _points_in(cases: Sequence[Any], points: Sequence[Any], slices: SliceSettings,
+               neighbours: int, source: str
+               ) -> Iterator[tuple[Any, int, tuple[float, float] | None]]:
+    """``(case, slice, centre)`` for every candidate point of ``cases`` and its
+    ``neighbours`` slices either side; a point outside its scan is an error naming its
+    line of ``source``. Points of other scans are skipped."""
     by_uid = {c.uid: c for c in cases}
-    out: list[Candidate] = []
     for q in points:
         case = by_uid.get(q.uid)
         if case is None:
-            continue  # a labelled, validation or test scan: not U
+            continue
         vol = case.volume
         x, y, z = (float(v) for v in vol.world_to_index(q.world))
         nz, ny, nx = vol.array.shape
@@ -130,9 +128,42 @@ def candidates_at_points(cases: Sequence[Any], points: Sequence[Any], slices: Sl
         centre = (x, y) if slices.mode == "crop" else None
         z0 = int(round(z))
         for zz in range(max(0, z0 - neighbours), min(nz, z0 + neighbours + 1)):
-            img, _ = cut_slice(vol, zz, slices, None, centre)
-            out.append(Candidate(case.uid, case.patient_id, zz, img.half(), centre=centre))
+            yield case, zz, centre
+
+
+def candidates_at_points(cases: Sequence[Any], points: Sequence[Any], slices: SliceSettings,
+                         neighbours: int = 0, source: str = "candidates") -> list[Candidate]:
+    """Unlabelled slices at candidate points (:class:`~.candidates.CandidatePoint`): for a
+    point at voxel ``(x, y, z)`` of its scan, the slices ``round(z) ± 0..neighbours``,
+    each a crop centred on ``(x, y)`` in crop mode, else the whole slice (a slice taken
+    twice is kept once). Only the scans' images are read, never their labels; a point
+    outside its scan is an error naming its line of ``source``. Points of scans not in
+    ``cases`` (labelled, validation or test scans) are skipped."""
+    out: list[Candidate] = []
+    for case, zz, centre in _points_in(cases, points, slices, neighbours, source):
+        img, _ = cut_slice(case.volume, zz, slices, None, centre)
+        out.append(Candidate(case.uid, case.patient_id, zz, img.half(), centre=centre))
     return _dedupe(out)
+
+
+def labelled_at_points(cases: Sequence[Any], points: Sequence[Any], slices: SliceSettings,
+                       neighbours: int = 0, source: str = "candidates") -> list[SliceItem]:
+    """The labelled scans' slices cut exactly as :func:`candidates_at_points` cuts the
+    unlabelled ones, with their true masks (``source`` ``"candidate"``): with them the
+    supervised model has seen crops centred on look-alikes before it labels U's
+    (``semi.labelled_candidates``). A slice taken twice is kept once."""
+    out: list[SliceItem] = []
+    seen: set[str] = set()
+    for case, zz, centre in _points_in(cases, points, slices, neighbours, source):
+        key = f"{case.uid}:{zz}" if centre is None else \
+            f"{case.uid}:{zz}@{round(centre[0])},{round(centre[1])}"
+        if key in seen:
+            continue
+        seen.add(key)
+        img, y = cut_slice(case.volume, zz, slices, case.labels, centre)
+        out.append(SliceItem(img.half(), (y > 0).half(), None, case.uid, case.patient_id, zz,
+                             source="candidate", meta={"centre": centre}))
+    return out
 
 
 def split_labelled(pool: Sequence[SliceItem], fraction: float, seed: int = 0
@@ -645,6 +676,14 @@ def train_semi(cfg: Any, cases: list[Any], progress: bool = True,
         if without:
             log.warning("semi: %d unlabelled series without candidates (e.g. %s) add no "
                         "slices", len(without), without[0])
+    if points is not None and semi.labelled_candidates:
+        extra = labelled_at_points(trn, points, cfg.slices, semi.candidate_neighbours,
+                                   str(semi.candidates))
+        pool = SlicePool([*pool, *extra])
+        if t.max_slices is not None and len(pool) > t.max_slices:  # the cap holds for both
+            keep = np.random.default_rng(t.seed + 1).choice(len(pool), size=t.max_slices,
+                                                            replace=False)
+            pool = SlicePool(pool[i] for i in sorted(keep.tolist()))
     if semi.labelled_fraction is not None:
         pool, hidden = split_labelled(pool, semi.labelled_fraction, t.seed)
         cands = cands + hidden
