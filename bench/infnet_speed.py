@@ -10,8 +10,8 @@ Phases run in separate processes so each reports its own peak RSS:
 * ``train``: training slices/s (forward + loss + backward + Adam step, float32, batch 4);
 * ``dice``: a small Inf-Net (``test_resnet`` backbone) trained briefly on a synthetic CT
   split, Dice@0.5 of float32 vs the fast path on the held-out scans;
-* ``roofline``: what this machine's matrix multiply reaches in float32 and bf16 (4096²),
-  so each figure can be read as a share of what the CPU can do: the same network runs at
+* ``roofline``: what this machine's matrix multiply reaches in float32 and bf16 (4096²;
+  smaller where one product would take over 10 s, as emulated bf16 does), so each figure can be read as a share of what the CPU can do: the same network runs at
   very different speeds on hosts with and without bf16 matrix units.
 
 Usage: ``python bench/infnet_speed.py [--quick]``; writes ``bench/results/infnet_speed.md``.
@@ -182,12 +182,21 @@ def phase_dice(quick: bool) -> dict:
 def phase_roofline(quick: bool) -> dict:
     import torch
 
-    out = {}
-    n = 4096
+    out: dict = {}
     for name, dtype, reps in (("fp32", torch.float32, 3), ("bf16", torch.bfloat16, 6)):
+        # 4096² unless one product would take over 10 s (bf16 without bf16 units is
+        # emulated, about 100x slower): then the largest of 2048² / 1024² that fits
+        n = 4096
+        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+        t0 = time.perf_counter()
+        a @ b
+        per_1024 = time.perf_counter() - t0
+        while n > 1024 and per_1024 * (n / 1024) ** 3 > 10.0:
+            n //= 2
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         dt = _timeit(lambda a=a, b=b: a @ b, 1 if quick else reps, 2)
         out[f"matmul_{name}_gflop_s"] = 2 * n**3 / dt / 1e9
+        out[f"matmul_{name}_n"] = n
     return out
 
 
@@ -538,6 +547,21 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def _matrix_units() -> str:
+    """This CPU's int8 / bf16 matrix units as /proc/cpuinfo lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in fh
+                          if ln.startswith("flags")), set())
+    except OSError:
+        return "matrix units unknown"
+    have = [n for f, n in (("amx_tile", "AMX"), ("amx_bf16", "AMX-BF16"),
+                           ("amx_int8", "AMX-INT8"), ("avx512_bf16", "AVX-512 BF16"),
+                           ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"))
+            if f in flags]
+    return ", ".join(have) if have else "no AMX, no VNNI, no bf16 units"
+
+
 def _cache_table(cc: dict, f) -> list[str]:
     """The compile-cache section of the ``--scale`` page for one ``cache`` phase."""
     lines = ["", f"## Compile cache: first call in a fresh process ({cc.get('model', 'n/a')})",
@@ -602,9 +626,10 @@ def scale_report(res: dict, argv: str) -> str:
     lines = [
         "# Inf-Net: scale of the CT stage (issue 15)", "",
         f"`python bench/infnet_speed.py {argv}`", "",
-        f"Machine: {_cpu_model()} ({isa}; no AMX, no AVX-512 VNNI), {os.cpu_count()} cores, "
-        f"torch {torch.__version__}. Matmul roofline (4096², measured): float32 "
-        f"{f(peak32, 0)} GFLOP/s, bf16 {f(peak16, 0)} GFLOP/s. The host was shared with "
+        f"Machine: {_cpu_model()} ({isa}; {_matrix_units()}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__}. Matmul roofline (measured, square n x n): float32 "
+        f"{f(peak32, 0)} GFLOP/s (n = {rf.get('matmul_fp32_n', 4096)}), bf16 "
+        f"{f(peak16, 0)} GFLOP/s (n = {rf.get('matmul_bf16_n', 4096)}). The host was shared with "
         "other jobs (a long benchmark holds one core): the load average is given beside "
         "each figure, and with load above the core count every figure is a lower bound.",
         *([""] + [f"Not measured in this run: {', '.join(missing)} (see the note at the end)."]
