@@ -11,8 +11,9 @@ Phases run in separate processes so each reports its own peak RSS:
 * ``dice``: a small Inf-Net (``test_resnet`` backbone) trained briefly on a synthetic CT
   split, Dice@0.5 of float32 vs the fast path on the held-out scans;
 * ``roofline``: what this machine's matrix multiply reaches in float32 and bf16 (4096²;
-  smaller where one product would take over 10 s, as emulated bf16 does), so each figure can be read as a share of what the CPU can do: the same network runs at
-  very different speeds on hosts with and without bf16 matrix units.
+  smaller where one product would take over 10 s, as emulated bf16 does), so each
+  figure can be read as a share of what the CPU can do: the same network runs at very
+  different speeds on hosts with and without bf16 matrix units.
 
 Usage: ``python bench/infnet_speed.py [--quick]``; writes ``bench/results/infnet_speed.md``.
 """
