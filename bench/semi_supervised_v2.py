@@ -531,6 +531,12 @@ def main(argv: list[str] | None = None) -> None:
                     objs[0]["machine"], sum(o["wall_s"] for o in objs), objs[0]["args"],
                     results, (objs[0]["load_before"], objs[-1]["load_after"]))
         args.out.with_suffix(".md").write_text(md, encoding="utf-8")
+        args.out.with_suffix(".json").write_text(json.dumps(
+            {"command": cmd, "merged": [o["command"] for o in objs],
+             "machine": objs[0]["machine"], "wall_s": sum(o["wall_s"] for o in objs),
+             "load_before": objs[0]["load_before"], "load_after": objs[-1]["load_after"],
+             "args": objs[0]["args"], "results": results}, indent=1, default=float),
+            encoding="utf-8")
         print(md)
         return
     import torch
