@@ -7,15 +7,20 @@ Phases run in separate processes so each reports its own peak RSS:
   (``torch.utils.flop_counter``, 2 FLOP per multiply-add);
 * ``fast``: the fast path (channels_last + bf16 autocast + torch.compile with inductor
   freezing), batch 8, and variants: batch 1, without freezing, without compile;
-* ``train``: training slices/s (forward + loss + backward + Adam step, float32, batch 4);
+* ``train``: training slices/s (forward + loss + backward + Adam step, batch 4), float32
+  and bf16 autocast (bf16-mixed);
 * ``dice``: a small Inf-Net (``test_resnet`` backbone) trained briefly on a synthetic CT
   split, Dice@0.5 of float32 vs the fast path on the held-out scans;
 * ``roofline``: what this machine's matrix multiply reaches in float32 and bf16 (4096²;
-  smaller where one product would take over 10 s, as emulated bf16 does), so each
+  smaller where one product would take over 10 s, as emulated bf16 does; the best of 5
+  rounds, each round's figure kept in the JSON), so each
   figure can be read as a share of what the CPU can do: the same network runs at very
   different speeds on hosts with and without bf16 matrix units.
 
-Usage: ``python bench/infnet_speed.py [--quick]``; writes ``bench/results/infnet_speed.md``.
+Usage: ``python bench/infnet_speed.py [--quick] [--out STEM]``; writes
+``bench/results/infnet_speed.{md,json}`` (``--scale``: ``infnet_speed_scale.{md,json}``),
+or ``STEM.{md,json}``: machines differ between sessions, so a run on another kind of CPU
+can keep its own file beside the others.
 """
 
 from __future__ import annotations
@@ -37,6 +42,25 @@ HERE = Path(__file__).resolve().parent
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _others_busy(seconds: float = 3.0) -> float | None:
+    """Cores kept busy by other processes over ``seconds`` while this one sleeps
+    (``/proc/stat``). Unlike the load average, a 1-minute decaying mean, this is about
+    now: right after other jobs were paused the load average still counts them."""
+    def busy_total() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            v = [int(t) for t in fh.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v) - idle, sum(v)
+
+    try:
+        b0, t0 = busy_total()
+        time.sleep(seconds)
+        b1, t1 = busy_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
 def _timeit(fn, n: int, warmup: int) -> float:
@@ -90,6 +114,7 @@ def phase_fast(quick: bool) -> dict:
     s = SliceSettings(img_size=SIZE)
     variants = [("fast_compile_bf16_cl_b8", FastPath(batch_size=8)),
                 ("fast_compile_bf16_cl_b1", FastPath(batch_size=1)),
+                ("fast_compile_bf16_cl_b16", FastPath(batch_size=16)),
                 ("compile_without_freezing_bf16_cl_b8", FastPath(batch_size=8, freeze=False)),
                 ("eager_bf16_cl_b8", FastPath(batch_size=8, compile=False)),
                 ("eager_fp32_cl_b8", FastPath(batch_size=8, compile=False, bf16=False))]
@@ -131,7 +156,18 @@ def phase_train(quick: bool) -> dict:
         opt.step()
 
     dt = _timeit(step, 2 if quick else 4, 1)
-    return {"train_fp32_b4_slices_s": b / dt, "peak_rss_mb": _peak_mb()}
+
+    def step_bf16() -> None:  # what Lightning's precision "bf16-mixed" does on a CPU
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = infnet_loss(m(x), y, e)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+        opt.step()
+
+    dt16 = _timeit(step_bf16, 2 if quick else 4, 1)
+    return {"train_fp32_b4_slices_s": b / dt, "train_bf16_mixed_b4_slices_s": b / dt16,
+            "peak_rss_mb": _peak_mb()}
 
 
 def phase_dice(quick: bool) -> dict:
@@ -195,8 +231,12 @@ def phase_roofline(quick: bool) -> dict:
         while n > 1024 and per_1024 * (n / 1024) ** 3 > 10.0:
             n //= 2
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        dt = _timeit(lambda a=a, b=b: a @ b, 1 if quick else reps, 2)
-        out[f"matmul_{name}_gflop_s"] = 2 * n**3 / dt / 1e9
+        # a peak: the best of several rounds (one round's mean has been seen at under half
+        # of the next one's on an AMX CPU, right after other processes were paused)
+        rounds = [_timeit(lambda a=a, b=b: a @ b, 1 if quick else reps, 2 if i == 0 else 0)
+                  for i in range(2 if quick else 5)]
+        out[f"matmul_{name}_gflop_s"] = 2 * n**3 / min(rounds) / 1e9
+        out[f"matmul_{name}_gflop_s_rounds"] = [2 * n**3 / dt / 1e9 for dt in rounds]
         out[f"matmul_{name}_n"] = n
     return out
 
@@ -488,24 +528,31 @@ def phase_int8(quick: bool) -> dict:
         dt = _timeit(lambda p=p: p.predict(x), 2, 0)
         out[name] = {"dice_heldout": _dice(prob, y), "slices_s": len(x) / dt,
                      "first_call_s": first, "quantised": p.quantised}
+    if FULL:  # speed only: res2net50d at 352 px, untrained, batch 8
+        from lungfuse.plugins.imaging_infnet.config import SliceSettings
+        from lungfuse.plugins.imaging_infnet.network import InfNet
+
+        big = torch.nn.functional.interpolate(calib[:16], size=(SIZE, SIZE),
+                                              mode="bilinear").clamp(0, 1)
+        xb = big[:8]
+        for name, fp in (("bf16_fast", FastPath(batch_size=8, aot=False)),
+                         ("int8_fast", FastPath(batch_size=8, int8=True))):
+            torch.manual_seed(0)
+            t = time.perf_counter()
+            p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE), fp,
+                          calibration=big)
+            p.predict(xb)
+            first = time.perf_counter() - t
+            dt = _timeit(lambda p=p: p.predict(xb), 3, 1)
+            out.setdefault("res2net50d_352", {})[name] = {
+                "slices_s": len(xb) / dt, "first_call_s": first, "quantised": p.quantised}
     return out
 
 
-def phase_profile(quick: bool) -> dict:
-    """Per-op time shares (torch.profiler, CPU self time) of res2net50d at 352 px,
-    batch 8, bf16 autocast + channels_last + BatchNorm folded (the fast path's arithmetic
-    without the compile, whose fused kernels hide the op names), and that run's speed."""
-    import torch
+def _profiled(p, x, torch) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
-    from lungfuse.plugins.imaging_infnet.infer import Predictor
-    from lungfuse.plugins.imaging_infnet.network import InfNet
-
-    torch.manual_seed(0)
-    p = Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
-                  FastPath(batch_size=8, compile=False))
-    x = torch.rand(8, 3, SIZE, SIZE)
+    p.predict(x)
     p.predict(x)
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -514,9 +561,34 @@ def phase_profile(quick: bool) -> dict:
     ev = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in ev)
     ev.sort(key=lambda e: -e.self_cpu_time_total)
-    return {"slices_s_profiled": 8 / wall, "wall_s": wall,
+    return {"slices_s_profiled": len(x) / wall, "wall_s": wall,
             "ops": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
-                    for e in ev[:12]]}
+                    for e in ev[:16]]}
+
+
+def phase_profile(quick: bool) -> dict:
+    """Per-op time shares (torch.profiler, CPU self time) of res2net50d at 352 px, batch
+    8, bf16 autocast + channels_last: eager with BatchNorm folded (the fast path's
+    arithmetic under its op names), and ``compiled``: the fast path itself (torch.compile
+    with freezing, no AOT package, so that the profiler sees inductor's fused kernels and
+    the oneDNN calls between them); each with that run's speed."""
+    import torch
+
+    from lungfuse.plugins.imaging_infnet.config import FastPath, SliceSettings
+    from lungfuse.plugins.imaging_infnet.infer import Predictor
+    from lungfuse.plugins.imaging_infnet.network import InfNet
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, SIZE, SIZE)
+    out = _profiled(Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
+                              FastPath(batch_size=8, compile=False)), x, torch)
+    torch.manual_seed(0)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.enable_kernel_profile = True  # each fused kernel under its own name
+    out["compiled"] = _profiled(Predictor(InfNet("res2net50d"), SliceSettings(img_size=SIZE),
+                                          FastPath(batch_size=8, aot=False)), x, torch)
+    return out
 
 
 PHASES = {"eager": phase_eager, "fast": phase_fast, "train": phase_train, "dice": phase_dice,
@@ -630,9 +702,14 @@ def scale_report(res: dict, argv: str) -> str:
         f"Machine: {_cpu_model()} ({isa}; {_matrix_units()}), {os.cpu_count()} cores, "
         f"torch {torch.__version__}. Matmul roofline (measured, square n x n): float32 "
         f"{f(peak32, 0)} GFLOP/s (n = {rf.get('matmul_fp32_n', 4096)}), bf16 "
-        f"{f(peak16, 0)} GFLOP/s (n = {rf.get('matmul_bf16_n', 4096)}). The host was shared with "
-        "other jobs (a long benchmark holds one core): the load average is given beside "
-        "each figure, and with load above the core count every figure is a lower bound.",
+        f"{f(peak16, 0)} GFLOP/s (n = {rf.get('matmul_bf16_n', 4096)}). "
+        + (f"Other processes kept at most {max(busy):.2f} cores busy just before a phase "
+           f"(`others_busy_cores_before` in the JSON, read from /proc/stat); "
+           if (busy := [v["others_busy_cores_before"] for v in res.values()
+                        if isinstance(v, dict)
+                        and v.get("others_busy_cores_before") is not None]) else "")
+        + "the load average is given beside each figure, and where other jobs ran every "
+        "figure is a lower bound.",
         *([""] + [f"Not measured in this run: {', '.join(missing)} (see the note at the end)."]
           if (missing := [k for k in ("ranks", "cache", "train_precision", "int8", "roofline",
                                       "profile") if not res.get(k) or "error" in res[k]])
@@ -658,9 +735,11 @@ def scale_report(res: dict, argv: str) -> str:
               f"Inf-Net, test_resnet backbone, 128 px, {tp.get('n_train_slices', 'n/a')} "
               f"training slices of 6 synthetic scans, equal steps; Dice@0.5 on "
               f"{tp.get('n_test_slices', 'n/a')} slices of 2 held-out scans. This CPU's "
-              f"vector ISA is {isa}: without bf16 matrix units (AVX-512 BF16, AMX) bf16 "
-              "arithmetic is emulated through float32 conversions, so bf16-mixed is expected "
-              "to be slower than float32 here; the gain is on AMX CPUs and GPUs.", "",
+              f"vector ISA is {isa} ({_matrix_units()})"
+              + (": bf16 runs on its matrix units." if "BF16" in _matrix_units() else
+                 ": without bf16 matrix units (AVX-512 BF16, AMX) bf16 arithmetic is "
+                 "emulated through float32 conversions, so bf16-mixed is expected to be "
+                 "slower than float32 here; the gain is on AMX CPUs and GPUs."), "",
               "| precision | steps | training slices/s | held-out Dice@0.5 | load before |",
               "|---|---|---|---|---|"]
     for prec in ("32-true", "bf16-mixed"):
@@ -680,6 +759,12 @@ def scale_report(res: dict, argv: str) -> str:
                          f"{f(r['first_call_s'], 1)} |")
         elif r:
             lines.append(f"| {name} | error: {r['error']} | | |")
+    if big := q8.get("res2net50d_352"):
+        lines += ["", "res2net50d Inf-Net at 352 px, untrained, batch 8 (speed only; "
+                  "calibrated on 16 training slices resized to 352 px):", "",
+                  "| inference | slices/s | first call (s) |", "|---|---|---|"]
+        lines += [f"| {k} | {f(v['slices_s'])} | {f(v['first_call_s'], 1)} |"
+                  for k, v in big.items()]
     gflop = 27.69  # res2net50d Inf-Net at 352 px (flop_counter, bench/results/infnet_speed.md)
     lines += ["", "## Roofline and per-op time shares", ""]
     if pr and peak16:
@@ -690,6 +775,18 @@ def scale_report(res: dict, argv: str) -> str:
                   f"(ceiling {f(peak16 / gflop, 1)} slices/s).", "",
                   "| op (CPU self time) | share | calls |", "|---|---|---|"]
         lines += [f"| {o['op']} | {o['share']:.1%} | {o['calls']} |" for o in pr["ops"]]
+        if pc := pr.get("compiled"):
+            sp = pc["slices_s_profiled"]
+            lines += ["", f"The fast path itself (torch.compile with freezing, bf16, "
+                      f"channels_last, batch 8; profiled run): {f(sp)} slices/s = "
+                      f"{f(sp * gflop, 0)} GFLOP/s, {sp * gflop / peak16:.0%} of the bf16 "
+                      "matmul roofline. Inductor's fused kernels (`graph_0_cpp_fused_*`, "
+                      "named after the ops they fuse) are the element-wise work; the "
+                      "`mkldnn` calls are the convolutions (with their fused bias, ReLU "
+                      "or add).", "",
+                      "| op (CPU self time) | share | calls |", "|---|---|---|"]
+            lines += [f"| {o['op'][:90]} | {o['share']:.1%} | {o['calls']} |"
+                      for o in pc["ops"]]
     if res.get("note"):
         lines += ["", "## Note", "", res["note"]]
     return "\n".join(lines) + "\n"
@@ -703,7 +800,8 @@ def scale_main(args) -> None:
         "ranks,train_precision,train_ddp,cache,int8,roofline,profile"
     if args.full:
         os.environ["INFNET_SCALE_FULL"] = "1"
-    out_json = HERE / "results" / "infnet_speed_scale.json"
+    stem = Path(args.out) if args.out else HERE / "results" / "infnet_speed_scale"
+    out_json = stem.with_suffix(".json")
     res: dict = {}
     if out_json.exists() and args.phases != "roofline,eager,fast,train,dice":
         res = json.loads(out_json.read_text(encoding="utf-8"))  # add to earlier phases
@@ -711,16 +809,18 @@ def scale_main(args) -> None:
     res["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count()}
     for ph in phases.split(","):
         before = os.getloadavg()
+        busy = _others_busy()
         key = f"{ph}_full" if args.full and ph == "cache" else ph  # both sizes kept
         res[key] = _run_phase(ph, args.quick)
         res[key]["load_avg_before_after"] = [before[0], os.getloadavg()[0]]
+        res[key]["others_busy_cores_before"] = busy
         print(key, json.dumps(res[key], indent=1, default=str), flush=True)
         if out_json.exists() and args.phases != "roofline,eager,fast,train,dice":
             # another bench run may have added phases meanwhile: keep them
             res = {**json.loads(out_json.read_text(encoding="utf-8")), key: res[key],
                    "machine": res["machine"]}
         write_json(out_json, res)
-        write_text(HERE / "results" / "infnet_speed_scale.md", scale_report(res, argv))
+        write_text(stem.with_suffix(".md"), scale_report(res, argv))
 
 
 def main() -> None:
@@ -732,6 +832,8 @@ def main() -> None:
                     "cache, bf16 training, int8, profile -> infnet_speed_scale.md")
     ap.add_argument("--freeze", type=int, default=1)
     ap.add_argument("--aot", type=int, default=1)
+    ap.add_argument("--out", help="results stem (STEM.md, STEM.json) instead of "
+                    "bench/results/infnet_speed[_scale]")
     ap.add_argument("--full", action="store_true", help="--scale on res2net50d at 352 px "
                     "for the compile cache and int8 (long)")
     args = ap.parse_args()
@@ -747,6 +849,7 @@ def main() -> None:
     import torch
 
     load = os.getloadavg()
+    busy = _others_busy()
     results = {}
     for ph in args.phases.split(","):
         results[ph] = _run_phase(ph, args.quick)
@@ -767,11 +870,13 @@ def main() -> None:
         "",
         f"`python bench/infnet_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Machine: {_cpu_model()} ({_matrix_units()}), {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}; load average "
-        f"{load[0]:.2f} before, {load_after[0]:.2f} after"
-        + (" (**other jobs were running**: figures are lower bounds)." if load[0] > 0.7 else
-           " (no other job running)."),
+        f"{load[0]:.2f} before, {load_after[0]:.2f} after; other processes kept "
+        + (f"{busy:.2f} cores busy in the 3 s before it started" if busy is not None else
+           "an unknown number of cores busy")
+        + (" (**other jobs were running**: figures are lower bounds)."
+           if (busy if busy is not None else load[0]) > 0.3 else " (no other job running)."),
         "",
         "| figure | value |",
         "|---|---|",
@@ -797,18 +902,24 @@ def main() -> None:
                          f"incl. compile (s) | {fmt(v, 1)} |")
     if peak32 and peak16 and gflop and base and fast:
         lines += [
-            f"| matmul 4096², float32 / bf16 (GFLOP/s) | {peak32:.0f} / {peak16:.0f} |",
+            f"| matmul {rf.get('matmul_fp32_n', 4096)}² / {rf.get('matmul_bf16_n', 4096)}², "
+            f"float32 / bf16 (GFLOP/s) | {peak32:.0f} / {peak16:.0f} |",
             f"| float32 eager b1: GFLOP/s, share of the float32 matmul | {base * gflop:.0f}, "
             f"{base * gflop / peak32:.0%} |",
             f"| lungfuse float32 path b1: GFLOP/s, share of the float32 matmul | "
             f"{cl32 * gflop:.0f}, {cl32 * gflop / peak32:.0%} |" if cl32 else "| | |",
             f"| fast path b8: GFLOP/s, share of the bf16 matmul | {fast * gflop:.0f}, "
             f"{fast * gflop / peak16:.0%} |",
+            *([f"| fast path b16: GFLOP/s, share of the bf16 matmul | {f16 * gflop:.0f}, "
+               f"{f16 * gflop / peak16:.0%} |"]
+              if (f16 := f.get("fast_compile_bf16_cl_b16_slices_s")) else []),
             f"| bf16 ceiling here: bf16 matmul / GFLOP per slice (slices/s) | "
             f"{peak16 / gflop:.1f} |",
         ]
     lines += [
         f"| training, float32, batch 4 (slices/s) | {fmt(tr.get('train_fp32_b4_slices_s'))} |",
+        f"| training, bf16-mixed (autocast), batch 4 (slices/s) | "
+        f"{fmt(tr.get('train_bf16_mixed_b4_slices_s'))} |",
         f"| peak RSS: eager inference (MB) | {fmt(e.get('peak_rss_mb'), 0)} |",
         f"| peak RSS: fast path phase (MB) | {fmt(f.get('peak_rss_mb'), 0)} |",
         f"| peak RSS: training phase (MB) | {fmt(tr.get('peak_rss_mb'), 0)} |",
@@ -835,12 +946,11 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        from lungfuse.core.atomic import write_text
+        from lungfuse.core.atomic import write_json, write_text
 
-        write_text(HERE / "results" / "infnet_speed.md", text)
-        from lungfuse.core.atomic import write_json
-
-        write_json(HERE / "results" / "infnet_speed.json", results)
+        stem = Path(args.out) if args.out else HERE / "results" / "infnet_speed"
+        write_text(stem.with_suffix(".md"), text)
+        write_json(stem.with_suffix(".json"), results)
 
 
 if __name__ == "__main__":

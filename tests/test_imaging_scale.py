@@ -282,3 +282,72 @@ def test_int8_switch_quantises_or_says_what_is_missing(checkpoint: Path,
     x = torch.rand(3, 3, 64, 64)
     out = q.predict(x)
     assert out.shape == (3, 64, 64)
+
+
+class _SharedActNet(torch.nn.Module):
+    """Two conv + add + ReLU steps through one ReLU module, as timm's Res2Net bottleneck
+    calls its ``self.relu`` after every split; a second, singly used ReLU beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.skip = torch.nn.Conv2d(3, 4, 1)
+        self.relu, self.once = torch.nn.ReLU(inplace=True), torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor):
+        h = self.relu(self.c1(x) + self.skip(x))
+        h = self.relu(self.c2(h) + h)
+        return (self.once(h)[:, :1],) * 4
+
+
+def test_int8_splits_a_relu_module_that_is_called_twice() -> None:
+    from lungfuse.plugins.imaging_infnet import infer
+
+    torch.manual_seed(0)
+    net = _SharedActNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    split = infer._split_shared_activations(net, x[:1])
+    # only the ReLU called twice is replaced, in a copy; the caller's network is untouched
+    assert isinstance(split.relu, infer._SharedReLU) and isinstance(split.once, torch.nn.ReLU)
+    assert isinstance(net.relu, torch.nn.ReLU) and split is not net
+    with torch.no_grad():
+        torch.testing.assert_close(split(x)[0], net(x)[0])
+    assert infer._split_shared_activations(split, x[:1]) is split  # nothing left to split
+
+
+def test_int8_quantiser_accepts_the_split_network_and_refuses_the_original() -> None:
+    """torchao's matcher (where torchao is installed: it is not a lungfuse dependency)."""
+    xiq = pytest.importorskip("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    from lungfuse.plugins.imaging_infnet import infer
+
+    torch.manual_seed(0)
+    net = _SharedActNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    split = infer._split_shared_activations(net, x[:1])
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    with pytest.raises(ValueError, match="more than one output node"):
+        prepare_pt2e(torch.export.export(net, (x,)).module(), quantizer)
+    prepare_pt2e(torch.export.export(split, (x,)).module(), quantizer)
+
+
+def test_int8_failure_inside_the_quantiser_is_one_line(checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    from lungfuse.core.errors import ConfigError
+    from lungfuse.plugins.imaging_infnet import infer
+    from lungfuse.plugins.imaging_infnet.config import FastPath
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    def refuse(*_a, **_k):
+        raise ValueError("Input partition has more than one output node\nsecond line")
+
+    model, meta = load_checkpoint(checkpoint)
+    monkeypatch.setattr(torch.export, "export", refuse)
+    with pytest.raises(ConfigError, match=r"could not quantise .*ValueError: Input partition "
+                       r"has more than one output node\); set fast.int8: false") as e:
+        infer.Predictor(model, meta["slices"], FastPath(batch_size=2, int8=True),
+                        torch.rand(3, 3, 64, 64))
+    assert "\n" not in str(e.value)

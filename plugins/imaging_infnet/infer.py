@@ -264,6 +264,44 @@ def aot_build_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class _SharedReLU(torch.nn.Module):
+    """Stands in for a ReLU module that a block calls more than once (timm's Res2Net
+    bottleneck calls one ``self.relu`` after every split and at the end)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _split_shared_activations(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` in which every ``nn.ReLU`` module called more than once per
+    forward is replaced by a plain module (same function). The int8 quantiser (torchao's
+    X86InductorQuantizer) groups nodes into patterns by the module they come from; one
+    ReLU module called at several places becomes one "partition" with several outputs,
+    and its conv + add + ReLU matcher then stops with "Input partition has more than one
+    output node" (res2net50d Inf-Net). The replaced ReLUs are then quantised as separate
+    ops, not fused into the convolution before them. The caller's model is unchanged."""
+    calls: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: calls.__setitem__(
+        id(mod), calls.get(id(mod), 0) + 1))
+        for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    shared = {k for k, n in calls.items() if n > 1}
+    if not shared:
+        return model
+    names = {id(m): name for name, m in model.named_modules()}
+    shared_names = {names[k] for k in shared}
+    net = copy.deepcopy(model)
+    for name in shared_names:
+        parent_name, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent_name) if parent_name else net, child, _SharedReLU())
+    return net
+
+
 class Predictor:
     """Wraps an :class:`InfNet` for inference (eval mode, no grad).
 
@@ -322,14 +360,21 @@ class Predictor:
         bs = self.batch_size
         batches = [self._pad(self._prep(calibration[i:i + bs]))
                    for i in range(0, len(calibration), bs)]
-        exported = torch.export.export(self.model, (batches[0],)).module()
-        quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(exported, quantizer)
-        with torch.no_grad():
-            for xb in batches:
-                prepared(xb)
-        converted = convert_pt2e(prepared)
+        net = _split_shared_activations(self.model, batches[0][:1])
+        try:
+            exported = torch.export.export(net, (batches[0],)).module()
+            quantizer = xiq.X86InductorQuantizer()
+            quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+            prepared = prepare_pt2e(exported, quantizer)
+            with torch.no_grad():
+                for xb in batches:
+                    prepared(xb)
+            converted = convert_pt2e(prepared)
+        except Exception as exc:  # noqa: BLE001 - torchao's own failure, said in one line
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise ConfigError(f"fast.int8: torchao could not quantise this network "
+                              f"({type(exc).__name__}: {first}); set fast.int8: false "
+                              f"to run it in bf16 or float32") from exc
         move_exported_model_to_eval(converted)
         self.quantised = True
         return torch.compile(converted, dynamic=False)
