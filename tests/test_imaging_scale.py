@@ -351,3 +351,68 @@ def test_int8_failure_inside_the_quantiser_is_one_line(checkpoint: Path,
         infer.Predictor(model, meta["slices"], FastPath(batch_size=2, int8=True),
                         torch.rand(3, 3, 64, 64))
     assert "\n" not in str(e.value)
+
+
+def test_segment_predict_int8_calibrates_on_training_scans_only(
+        tree: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """``fast.int8`` in a segment config: calibration slices come from
+    ``calibration_series`` (never a scan it segments); every mistake is one line, exit 2,
+    before any output exists."""
+    from lungfuse.core.cli import cli
+    from lungfuse.plugins.imaging_infnet import ctio, infer
+
+    def write(name: str, **extra) -> tuple[Path, Path]:
+        out = tmp_path / name
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(json.dumps({"ct_root": str(tree), "checkpoint": str(checkpoint),
+                                   "out_dir": str(out), "overlays": False,
+                                   "fast": {"int8": True, "batch_size": 4}, **extra}),
+                       encoding="utf-8")
+        return cfg, out
+
+    def run(cfg: Path):
+        return CliRunner().invoke(cli, ["segment", "predict", str(cfg), "--no-progress"])
+
+    from lungfuse.core.cli import main
+
+    bad = {"no_calibration": {"series": ["s0"]},
+           "overlap_listed": {"series": ["s0", "s1"], "calibration_series": ["s1"]},
+           "overlap_all": {"calibration_series": ["s3"]},  # series unset: every scan
+           "missing": {"series": ["s0"], "calibration_series": ["nope"]}}
+    expect = {"no_calibration": "needs calibration_series", "overlap_listed": "share",
+              "overlap_all": "would also be segmented", "missing": "no volume for"}
+    for name, extra in bad.items():
+        cfg, out = write(name, **extra)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["segment", "predict", str(cfg), "--no-progress"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (name, err)
+        assert expect[name] in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists(), name
+    # a good one: the quantiser (faked: torchao is not a dependency) sees slices of the
+    # calibration scans, windowed as the network sees them, and only those
+    seen: list[torch.Tensor] = []
+
+    def fake_quantise(self, calibration):
+        seen.append(calibration)
+        self.quantised = True
+        return lambda x: (x[:, :1],) * 4
+
+    monkeypatch.setattr(infer.Predictor, "_quantise", fake_quantise)
+    cfg, out = write("good", series=["s0", "s1"], calibration_series=["s3", "s4"],
+                     calibration_slices=5)
+    r = run(cfg)
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 1 and seen[0].shape == (5, 3, 64, 64)
+    assert 0 <= float(seen[0].min()) and float(seen[0].max()) <= 1
+    from lungfuse.plugins.imaging_infnet.dataset import volume_inputs
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    vols = ctio.find_volumes(tree)
+    s = load_checkpoint(checkpoint)[1]["slices"]
+    first = volume_inputs(ctio.read_volume(vols["s3"]), s, [0])[1][0]
+    assert torch.equal(seen[0][0], first)  # the first calibration scan's first slice
+    assert json.loads((out / "predict.json").read_text(encoding="utf-8"))["written"] == \
+        ["s0", "s1"]

@@ -254,7 +254,46 @@ def _predictor(cfg, checkpoint: Path | None):
     if ck is None:
         raise ConfigError("no checkpoint: give --checkpoint or `checkpoint:` in the config")
     model, meta = load_checkpoint(ck)
-    return Predictor(model, meta["slices"], cfg.fast), meta
+    calib = (_calibration(cfg, meta["slices"]) if cfg.fast.enabled and cfg.fast.int8
+             else None)
+    return Predictor(model, meta["slices"], cfg.fast, calibration=calib), meta
+
+
+def _calibration(cfg, slices):
+    """``fast.int8``'s calibration slices: ``calibration_slices`` slices evenly spread over
+    the ``calibration_series`` scans (windowed as the network sees them). A calibration
+    scan that is missing, unreadable or also among the scans this command segments stops
+    it with one line, before anything is written."""
+    import numpy as np
+    import torch
+
+    from .ctio import find_volumes, read_volume
+    from .dataset import volume_inputs
+
+    vols = find_volumes(cfg.ct_root)
+    uids = list(cfg.calibration_series)
+    missing = [u for u in uids if u not in vols]
+    if missing:
+        raise ConfigError(f"calibration_series: no volume for {missing[:3]} under "
+                          f"{cfg.ct_root}; list training scans that are there")
+    predicted = set(cfg.series) if cfg.series else set(vols)
+    both = sorted(predicted & set(uids))
+    if both:
+        raise ConfigError(f"calibration_series {both[:3]} would also be segmented (series: "
+                          f"{'all scans under ct_root' if not cfg.series else 'listed'}); "
+                          f"int8 is calibrated on training scans only: list the scans to "
+                          f"segment in `series`, without the calibration scans")
+    per_scan = -(-cfg.calibration_slices // len(uids))
+    xs = []
+    for u in uids:
+        try:
+            vol = read_volume(vols[u])
+        except DataError as exc:
+            raise ConfigError(f"calibration_series: scan {u} cannot be read ({exc})") from None
+        depth = vol.array.shape[0]
+        zs = np.unique(np.linspace(0, depth - 1, min(per_scan, depth)).round().astype(int))
+        xs.append(volume_inputs(vol, slices.model_copy(update={"mode": "full"}), zs)[1])
+    return torch.cat(xs)[:cfg.calibration_slices]
 
 
 def _overlay(path: Path, vol, prob, threshold: float) -> None:

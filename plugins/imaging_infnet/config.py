@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lungfuse.schemas import InputPath, OutputPath
 
@@ -209,16 +209,15 @@ class FastPath(_Section):
 
 
 def fast_from_config(fast: FastPath) -> FastPath:
-    """``fast`` as a config file may set it: ``int8`` is refused, because neither
-    ``segment predict`` nor the CT modality has training slices to calibrate the int8
-    ranges on yet; int8 is reached through the Python API (``infer.Predictor(...,
-    calibration=...)``, docs/scaling.md). Refused at validation, so the error comes before
-    any output folder exists rather than after the scans are read."""
+    """``fast`` as the ``infnet`` modality's config may set it: ``int8`` is refused there,
+    because the CT modality has no calibration slices to give the int8 ranges yet;
+    ``segment predict`` / ``evaluate`` take it with ``calibration_series``, and Python
+    code with ``infer.Predictor(..., calibration=...)`` (docs/scaling.md). Refused at
+    validation, so the error comes before any output folder exists."""
     if fast.int8:
-        raise ValueError("fast.int8 cannot be set in a config yet (segment predict and the CT "
-                         "modality pass no calibration slices); remove it, or use "
-                         "infer.Predictor(..., calibration=training_slices) from Python "
-                         "(docs/scaling.md)")
+        raise ValueError("fast.int8 cannot be set in the infnet modality's config yet (it "
+                         "passes no calibration slices); remove it, or use `lungfuse segment "
+                         "predict` with fast.int8 and calibration_series (docs/scaling.md)")
     return fast
 
 
@@ -263,7 +262,27 @@ class SegmentConfig(_Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     overlays: bool = True
 
-    _fast_from_config = field_validator("fast")(fast_from_config)
+    calibration_series: list[str] | None = Field(
+        default=None, description="With fast.int8: series uids under ct_root whose slices "
+        "calibrate the int8 ranges: training scans, never the ones predicted or evaluated "
+        "(a scan in both is refused).")
+    calibration_slices: int = Field(default=64, ge=1, le=4096, description="With fast.int8: "
+                                    "how many slices, evenly spread over the calibration "
+                                    "scans.")
+
+    @model_validator(mode="after")
+    def _int8_needs_calibration(self) -> SegmentConfig:
+        if self.fast.int8:
+            if not self.calibration_series:
+                raise ValueError("fast.int8 needs calibration_series: the uids of training "
+                                 "scans under ct_root whose slices set the int8 ranges")
+            both = sorted(set(self.calibration_series) & set(self.series or []))
+            if both:
+                raise ValueError(f"calibration_series and series share {both[:3]}: int8 is "
+                                 f"calibrated on training scans, never on the scans it "
+                                 f"predicts; take them out of one list")
+        return self
+
     mode: Literal["supervised", "semi"] = Field(
         default="supervised", description="train: supervised, or semi-supervised (see `semi`).")
     semi: SemiSettings = Field(default_factory=SemiSettings)
