@@ -266,9 +266,9 @@ class SegmentConfig(_Section):
         default=None, description="With fast.int8: series uids under ct_root whose slices "
         "calibrate the int8 ranges: training scans, never the ones predicted or evaluated "
         "(a scan in both is refused).")
-    calibration_slices: int = Field(default=64, ge=1, le=4096, description="With fast.int8: "
+    calibration_slices: int = Field(default=64, ge=1, le=1024, description="With fast.int8: "
                                     "how many slices, evenly spread over the calibration "
-                                    "scans.")
+                                    "scans (at most 1024: 1.5 GB of float32 at 352 px).")
 
     @model_validator(mode="after")
     def _int8_needs_calibration(self) -> SegmentConfig:
