@@ -143,6 +143,17 @@ def test_ct_features_split_over_two_ranks_equal_one_process(
         return real(self, uid, path)
 
     monkeypatch.setattr(plugin_mod.InfNetModality, "_read_volume", counting)
+    # Folding BatchNorm traces the backbone with torch.fx, whose trace patches
+    # nn.Module.__call__ process-wide: a forward in the other thread meanwhile fails
+    # ("module is not installed as a submodule"). Real ranks are processes; here the
+    # network is folded once, before the threads, and each rank gets a copy.
+    import copy
+
+    from lungfuse.plugins.imaging_infnet import infer
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    folded = infer.fold_batchnorm(load_checkpoint(checkpoint)[0])
+    monkeypatch.setattr(infer, "fold_batchnorm", lambda _model: copy.deepcopy(folded))
     out: dict[int, pd.DataFrame] = {}
     errors: list[BaseException] = []
 
