@@ -62,15 +62,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import semi_supervised as v1  # noqa: E402  (scoring helpers of the first bench)
 
-METHODS = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "sup_all")
-SEMI = ("progressive", "confidence", "fixmatch", "fixmatch_control")
+METHODS = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "bcp",
+           "bcp_control", "sup_all")
+SEMI = ("progressive", "confidence", "fixmatch", "fixmatch_control", "bcp", "bcp_control")
 #: what runs unless --methods says otherwise (the control tells the unlabelled loss's
 #: effect from that of more labelled steps and of the EMA teacher)
-DEFAULT = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "sup_all")
+DEFAULT = ("sup_L", "progressive", "confidence", "fixmatch", "fixmatch_control", "bcp",
+           "bcp_control", "sup_all")
 LABELS = {"sup_L": "supervised on L", "progressive": "semi: progressive (Semi-Inf-Net)",
           "confidence": "semi: confidence, foreground + EMA",
           "fixmatch": "semi: fixmatch (EMA, CutMix, feature dropout)",
           "fixmatch_control": "control: the fixmatch phase with lambda_u = 0 (L only)",
+          "bcp": "semi: bcp (bidirectional copy-paste, EMA)",
+          "bcp_control": "control: the bcp phase with lambda_u = 0 (L pixels only)",
           "sup_all": "supervised on all (ceiling)"}
 
 
@@ -89,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--val-fraction", type=float, default=0.25, help="validation patients")
     ap.add_argument("--crop-mm", type=float, default=40.0)
     ap.add_argument("--img-size", type=int, default=64)
+    ap.add_argument("--budget-unit", choices=["scans", "slices"], default="scans",
+                    help="scans: the labelled slices are every slice of the first scans of "
+                    "a seeded order (U: the other scans' candidate crops); slices: a "
+                    "seeded sample of the training slices of all training scans is "
+                    "labelled (U: all training scans' candidate crops but those in L), so "
+                    "that L holds every kind of nodule, a few slices of each")
     ap.add_argument("--neighbours", type=int, default=1,
                     help="U: slices either side of each candidate's slice")
     ap.add_argument("--l-candidates", action=argparse.BooleanOptionalAction, default=True,
@@ -127,6 +137,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fm-final", choices=["student", "teacher"], default="teacher",
                     help="fixmatch and its control: the model the phase hands on "
                     "(semi.final_model; the first partial table had the student)")
+    ap.add_argument("--bcp-lambda", type=float, default=0.5,
+                    help="bcp: weight of the unlabelled pixels (BCP's alpha); steps, lr, EMA "
+                    "and the model handed on are fixmatch's (--fm-*)")
+    ap.add_argument("--bcp-box", type=float, default=2 / 3,
+                    help="bcp: side of the pasted box, share of the crop's side")
+    ap.add_argument("--bcp-rampup", type=int, default=0,
+                    help="bcp: ramp-up steps of the unlabelled weight (0: constant, as BCP)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="load the supervised models (on L, on all) from --workdir where an "
+                    "earlier run of the same seed and settings left them, instead of "
+                    "training them again (for adding methods to a table)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=list(METHODS),
                     help="models to train (supervised on L always runs: the semi methods "
                     "start from it; fixmatch_control: the same phase without the "
@@ -172,8 +193,9 @@ def load_cohort(args: argparse.Namespace, root: Path, seed: int) -> tuple[list[A
     from lungfuse.core.synth import generate
     from lungfuse.plugins.imaging_infnet import ctio
 
+    # --reuse: the same seeded cohort is written again over the earlier run's
     res = generate(root, preset="tiny", patients=args.patients, seed=seed, progress=False,
-                   size_xy=args.size_xy, slices=tuple(args.slices),
+                   overwrite=args.reuse, size_xy=args.size_xy, slices=tuple(args.slices),
                    diameter_mm=tuple(args.diameter))
     clin = pd.read_parquet(res.clinical, columns=["patient_id", "seriesuid"])
     pid = {str(u): str(p) for p, u in zip(clin.patient_id, clin.seriesuid, strict=True)
@@ -202,6 +224,32 @@ def labelled_scans(trn: list[Any], pools: dict[str, list[Any]], share: float, se
         if n >= share * total and pos:
             break
     return out
+
+
+def labelled_slices(pool: list[Any], share: float, seed: int) -> Any:
+    """``--budget-unit slices``: a seeded sample of ``share`` of the training slices of
+    every training scan (nodule-centred, random and candidate crops alike), holding at
+    least one nodule slice."""
+    import numpy as np
+
+    from lungfuse.plugins.imaging_infnet.dataset import SlicePool
+
+    n = max(1, round(share * len(pool)))
+    order = np.random.default_rng(seed + 303).permutation(len(pool))
+    take = sorted(order[:n].tolist())
+    if not any(bool((pool[i].mask > 0.5).any()) for i in take):
+        first = next(int(i) for i in order if bool((pool[int(i)].mask > 0.5).any()))
+        take[-1] = first
+    return SlicePool(pool[i] for i in sorted(set(take)))
+
+
+def crop_key(it: Any) -> str:
+    """The candidate key (``Candidate.key``) of a labelled crop cut at a candidate point
+    (other crops: a key no candidate has)."""
+    c = it.meta.get("centre") if it.source == "candidate" else None
+    if c is None:
+        return f"{it.uid}:{it.z}:{it.source}"
+    return f"{it.uid}:{it.z}@{round(c[0])},{round(c[1])}"
 
 
 def unlabelled_pool(cases: list[Any], points: list[Any], slices: Any, neighbours: int
@@ -285,7 +333,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         labelled_at_points,
         predict_probs,
     )
-    from lungfuse.plugins.imaging_infnet.train import fit
+    from lungfuse.plugins.imaging_infnet.train import fit, load_checkpoint
 
     t0 = time.perf_counter()
     cases, cand_csv = load_cohort(args, work / f"cohort_{seed}", seed)
@@ -326,20 +374,39 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
               f"{m['n_nodules']} ({m['train_s']:.0f} s)", flush=True)
         return m
 
+    def supervised(pool: Any, settings: Any, out: Path) -> tuple[Any, dict[str, Any]]:
+        """Train on ``pool``, or with --reuse load what an earlier run left in ``out``."""
+        if args.reuse and (out / "infnet.pt").exists():
+            model, meta = load_checkpoint(out / "infnet.pt")
+            print(f"[seed {seed}] reusing {out / 'infnet.pt'}", flush=True)
+            return model.eval(), {"reused": str(out / "infnet.pt"),
+                                  "fit_s": (meta.get("extra") or {}).get("fit_seconds")}
+        module, _ = fit(pool, None, slices, settings, out, trn_patients, progress=False)
+        return module.model.eval(), {}
+
     if "sup_all" in args.methods:
         t = time.perf_counter()
         full = v1.budget(base, len(everything), args.steps, args.decay_at)
-        module, _ = fit(everything, None, slices, full, work / f"sup_all_{seed}", trn_patients,
-                        progress=False)
-        done(res["methods"], "sup_all", module.model.eval(), t, "")
+        model, extra = supervised(everything, full, work / f"sup_all_{seed}")
+        done(res["methods"], "sup_all", model, t, "", **extra)
 
+    unit = "" if args.budget_unit == "scans" else "_slices"  # work folder names
     for b in args.budget:
         tag = f", {b:.0%}"
-        lab_scans = labelled_scans(trn, pools, b, seed)
-        lab_uids = {c.uid for c in lab_scans}
-        lab = SlicePool(it for c in lab_scans for it in pools[c.uid] + at_cands[c.uid])
-        unl = [c for c in trn if c.uid not in lab_uids]
-        cands = unlabelled_pool(unl, points, slices, args.neighbours)
+        if args.budget_unit == "scans":
+            lab_scans = labelled_scans(trn, pools, b, seed)
+            lab_uids = {c.uid for c in lab_scans}
+            lab = SlicePool(it for c in lab_scans for it in pools[c.uid] + at_cands[c.uid])
+            unl = [c for c in trn if c.uid not in lab_uids]
+            cands = unlabelled_pool(unl, points, slices, args.neighbours)
+        else:
+            lab = labelled_slices(everything, b, seed)
+            lab_uids = {it.uid for it in lab}
+            lab_scans = [c for c in trn if c.uid in lab_uids]
+            unl = list(trn)
+            taken = {crop_key(it) for it in lab}
+            cands = [c for c in unlabelled_pool(unl, points, slices, args.neighbours)
+                     if c.key not in taken]
         u_pos = sum(bool((c.hidden_mask > 0.5).any()) for c in cands)
         info = {"budget": b, "L_scans": len(lab_scans), "L": len(lab),
                 "L_pos": sum(bool((it.mask > 0.5).any()) for it in lab),
@@ -355,21 +422,24 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
               "with a nodule)", flush=True)
         t = time.perf_counter()
         train = v1.budget(base, len(lab), args.steps, args.decay_at)
-        module, _ = fit(lab, None, slices, train, work / f"sup_L_{seed}_{b}", trn_patients,
-                        progress=False)
-        sup = module.model.eval()
+        sup, reused = supervised(lab, train, work / f"sup_L_{seed}_{b}{unit}")
         u_prob = predict_probs(sup, torch.stack([c.image for c in cands]))
         q = v1.pseudo_quality(u_prob, [c.hidden_mask for c in cands])
-        done(out["methods"], "sup_L", sup, t, tag, pseudo_quality_on_U=q)
+        done(out["methods"], "sup_L", sup, t, tag, pseudo_quality_on_U=q, **reused)
         for name in SEMI:
             if name not in args.methods:
                 continue
             t = time.perf_counter()
-            method = "fixmatch" if name.startswith("fixmatch") else name
+            method = name.removesuffix("_control")
             common = {"method": method, "batch_size": args.batch_size,
                       "ema_decay": {"progressive": None, "confidence": args.conf_ema,
-                                    "fixmatch": args.fm_ema}[method]}
-            if method == "fixmatch":
+                                    "fixmatch": args.fm_ema, "bcp": args.fm_ema}[method]}
+            if method == "bcp":
+                lam = 0.0 if name == "bcp_control" else args.bcp_lambda
+                semi = SemiSettings(**common, steps=args.fm_steps, lr=args.fm_lr, lambda_u=lam,
+                                    rampup_steps=args.bcp_rampup, copy_paste_box=args.bcp_box,
+                                    final_model=args.fm_final, final_epochs=0)
+            elif method == "fixmatch":
                 lam = 0.0 if name == "fixmatch_control" else args.fm_lambda
                 semi = SemiSettings(**common, steps=args.fm_steps, lr=args.fm_lr,
                                     tau=args.fm_tau, lambda_u=lam,
@@ -384,7 +454,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
                                     final_lr=args.final_lr, tau=args.conf_tau,
                                     confidence_over="foreground")
             tr = SemiTrainer(lab, cands, vpool, slices, train, semi,
-                             work / f"{name}_{seed}_{b}", trn_patients,
+                             work / f"{name}_{seed}_{b}{unit}", trn_patients,
                              test_patients=val_patients, progress=False)
             model = tr.run(init=sup)
             u_prob = predict_probs(model, torch.stack([c.image for c in cands]))
@@ -392,7 +462,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
                      "its_predictions_on_U": v1.pseudo_quality(u_prob,
                                                                [c.hidden_mask for c in cands])}
             done(out["methods"], name, model, t, tag, **extra)
-            shutil.rmtree(work / f"{name}_{seed}_{b}", ignore_errors=True)
+            shutil.rmtree(work / f"{name}_{seed}_{b}{unit}", ignore_errors=True)
     res["info"]["seed_s"] = time.perf_counter() - t0
     return res
 
@@ -438,7 +508,7 @@ def budget_table(results: list[dict[str, Any]], b: str) -> str:
 
 def diagnostics(results: list[dict[str, Any]], b: str) -> str:
     lines = ["| model | its masks of U: Dice@0.5 on U's nodule crops | U's nodule-free crops "
-             "with a false positive | fixmatch: confident pixels / of them nodule |",
+             "with a false positive | on-line phase: pixels that counted / of them nodule |",
              "|---|---|---|---|"]
     for name in ("sup_L", *SEMI):
         qs, conf = [], []
@@ -495,7 +565,15 @@ def setup(args: dict[str, Any], results: list[dict[str, Any]]) -> str:
         f"{args['fm_cutmix']}, unlabelled loss {args.get('fm_loss', 'structure')}, hands on "
         f"the {args.get('fm_final', 'student')}, unlabelled batch {args['batch_size']}, no "
         f"closing fine-tune. "
-        f"All semi methods start from the supervised-on-L model; U: candidate crops, "
+        + (f"BCP: the fixmatch phase's steps, lr, EMA and model handed on; lambda_u (BCP's "
+           f"alpha) {args['bcp_lambda']}, box {args['bcp_box']:.3g} of the side, ramp-up "
+           f"{args['bcp_rampup']} steps, every pixel's pseudo label counts (largest "
+           f"component). " if "bcp_lambda" in args else "")
+        + ("Label budget in slices: L is a seeded sample of the training slices of every "
+           "training scan (a few slices of every kind of nodule); U is every training "
+           "scan's candidate crops but those in L. "
+           if args.get("budget_unit") == "slices" else "")
+        + f"All semi methods start from the supervised-on-L model; U: candidate crops, "
         f"{args['neighbours']} slice(s) either side; L and the ceiling "
         + ("also hold the labelled scans' candidate crops, cut as U's, with their masks."
            if args.get("l_candidates") else "hold nodule-centred and random crops only."))
@@ -520,22 +598,57 @@ def report(cmd: str, machine: str, wall: float, args: dict[str, Any],
     return "\n".join(out)
 
 
+def merge_results(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One result per seed from several runs: a later run adds the budgets and methods
+    an earlier one lacks (an earlier run's model wins where both have it), so that a
+    method run later on the same seeds (``--reuse``) joins the table. A supervised-on-L
+    model both runs scored must score alike (the same starting point), else it stops."""
+    import copy
+
+    by_seed: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        for r in run:
+            seed = r["info"]["seed"]
+            if seed not in by_seed:
+                by_seed[seed] = copy.deepcopy(r)
+                continue
+            have = by_seed[seed]
+            for name, m in r["methods"].items():
+                have["methods"].setdefault(name, m)
+            for b, bud in r["budgets"].items():
+                if b not in have["budgets"]:
+                    have["budgets"][b] = copy.deepcopy(bud)
+                    continue
+                mine = have["budgets"][b]["methods"]
+                new, old = bud["methods"].get("sup_L"), mine.get("sup_L")
+                if new and old and abs(new["dice"] - old["dice"]) > 1e-6:
+                    raise SystemExit(f"seed {seed}, budget {b}: supervised on L scored "
+                                     f"{old['dice']:.4f} and {new['dice']:.4f} in the runs "
+                                     "to merge: they did not start from the same model")
+                for name, m in bud["methods"].items():
+                    mine.setdefault(name, m)
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cmd = "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None
                                                               else argv))
     if args.merge:
         objs = [json.loads(p.read_text(encoding="utf-8")) for p in args.merge]
-        results = [r for o in objs for r in o["results"]]
+        results = merge_results([o["results"] for o in objs])
+        margs = dict(objs[0]["args"])
+        for o in objs[1:]:  # settings of methods the first file did not run
+            margs.update({k: v for k, v in o["args"].items() if k not in margs})
         md = report(cmd + "  (merged: " + "; ".join(o["command"] for o in objs) + ")",
-                    objs[0]["machine"], sum(o["wall_s"] for o in objs), objs[0]["args"],
+                    objs[0]["machine"], sum(o["wall_s"] for o in objs), margs,
                     results, (objs[0]["load_before"], objs[-1]["load_after"]))
         args.out.with_suffix(".md").write_text(md, encoding="utf-8")
         args.out.with_suffix(".json").write_text(json.dumps(
             {"command": cmd, "merged": [o["command"] for o in objs],
              "machine": objs[0]["machine"], "wall_s": sum(o["wall_s"] for o in objs),
              "load_before": objs[0]["load_before"], "load_after": objs[-1]["load_after"],
-             "args": objs[0]["args"], "results": results}, indent=1, default=float),
+             "args": margs, "results": results}, indent=1, default=float),
             encoding="utf-8")
         print(md)
         return

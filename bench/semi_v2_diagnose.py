@@ -10,13 +10,19 @@ validation crops as that bench does, and prints:
    nodule pixels that are confident background (what a per-pixel threshold keeps);
 2. with ``--steps N``, short fixmatch phases from that model for each ``--variants``
    entry (``control``: lambda_u 0; ``structure``/``bce``: the unlabelled loss), each
-   scored as student and EMA teacher on the validation crops.
+   scored as student and EMA teacher on the validation crops;
+3. with ``--by-type``, which nodules of U the supervised-on-L model misses: U's nodule
+   crops binned by the nodule's mean intensity in the crop (the synthetic nodules are
+   ground-glass, part-solid or solid; the window puts them low, middle, high) and by its
+   area, each bin with how many nodule crops of L fall in it, the supervised-on-L
+   model's Dice@0.5 and the ceiling's (``W/sup_all_S/infnet.pt``) on them.
 
 Usage::
 
     python bench/semi_v2_diagnose.py --workdir /tmp/semi/s0                 # part 1 only
     python bench/semi_v2_diagnose.py --workdir /tmp/semi/s0 --steps 60 --rampup 20 \\
         --variants control bce
+    python bench/semi_v2_diagnose.py --workdir /tmp/semi/s0 --by-type --budget 0.1
 """
 
 from __future__ import annotations
@@ -61,7 +67,13 @@ def load(work: Path, seed: int, budget: float, bench: argparse.Namespace) -> dic
     unl = [c for c in trn if c.uid not in {s.uid for s in lab_scans}]
     cands = v2.unlabelled_pool(unl, points, slices, bench.neighbours)
     sup, _ = load_checkpoint(work / f"sup_L_{seed}_{budget}" / "infnet.pt")
-    return {"lab": lab, "cands": cands, "vpool": vpool, "sup": sup}
+    # L as the v2 bench trains it by default: with the labelled scans' candidate crops
+    from lungfuse.plugins.imaging_infnet.semi import labelled_at_points
+
+    with_cands = SlicePool(lab)
+    with_cands.extend(labelled_at_points(lab_scans, points, slices, bench.neighbours))
+    return {"lab": lab, "lab_with_candidates": with_cands, "cands": cands, "vpool": vpool,
+            "sup": sup}
 
 
 def teacher_report(d: dict[str, Any], taus: list[float]) -> None:
@@ -140,6 +152,57 @@ def short_phases(d: dict[str, Any], args: argparse.Namespace, bench: argparse.Na
               f"nodule pixels {float((pu >= 0.5).float().mean()):.3%}", flush=True)
 
 
+#: --by-type bins: mean intensity of the nodule's pixels in the crop (0-1 after the
+#: window) and nodule area in crop pixels
+INTENSITY_BINS = ((0.0, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 1.01))
+AREA_BINS = ((0, 20), (20, 60), (60, 150), (150, 400), (400, 10**6))
+
+
+def by_type(d: dict[str, Any], work: Path, seed: int, budget: float,
+            bench: argparse.Namespace) -> None:
+    """Part 3: per kind of nodule, L's examples and both models' Dice on U's crops."""
+    import torch
+
+    from lungfuse.plugins.imaging_infnet.semi import predict_probs
+    from lungfuse.plugins.imaging_infnet.train import load_checkpoint
+
+    ceiling, _ = load_checkpoint(work / f"sup_all_{seed}" / "infnet.pt")
+    u = [c for c in d["cands"] if bool((c.hidden_mask > 0.5).any())]
+    lab = [it for it in d["lab_with_candidates"] if bool((it.mask > 0.5).any())]
+    if not u or not lab:
+        print("by type: no nodule crops in U or L")
+        return
+    xu = torch.stack([c.image for c in u]).float()
+    tu = torch.stack([c.hidden_mask for c in u]).float() > 0.5
+    tl = torch.stack([it.mask for it in lab]).float() > 0.5
+    xl = torch.stack([it.image for it in lab]).float()
+
+    def dice(p: Any) -> Any:
+        f = p >= 0.5
+        inter = (f & tu).flatten(1).sum(1)
+        return (2 * inter / (f.flatten(1).sum(1) + tu.flatten(1).sum(1)).clamp(min=1)).float()
+
+    d_l, d_c = dice(predict_probs(d["sup"], xu)), dice(predict_probs(ceiling, xu))
+    i_u = torch.tensor([float(xu[i, 0][tu[i]].mean()) for i in range(len(u))])
+    i_l = torch.tensor([float(xl[i, 0][tl[i]].mean()) for i in range(len(lab))])
+    a_u, a_l = tu.flatten(1).sum(1).float(), tl.flatten(1).sum(1).float()
+    print(f"\nseed {seed}, budget {budget:.0%}: which of U's {len(u)} nodule crops the "
+          f"supervised-on-L model misses (L: {len(lab)} nodule crops)\n")
+    print("| U's nodule crops by | bin | in U | in L | supervised on L: Dice@0.5 | "
+          "ceiling: Dice@0.5 |\n|---|---|---|---|---|---|")
+    for name, vu, vl, bins in (("mean intensity", i_u, i_l, INTENSITY_BINS),
+                               ("area (px)", a_u, a_l, AREA_BINS)):
+        for lo, hi in bins:
+            su, sl = (vu >= lo) & (vu < hi), (vl >= lo) & (vl < hi)
+            if not bool(su.any()):
+                continue
+            top = f"{hi:g}" if hi < 10**6 else "+"
+            print(f"| {name} | {lo:g}-{top} | {int(su.sum())} | {int(sl.sum())} | "
+                  f"{float(d_l[su].mean()):.3f} | {float(d_c[su].mean()):.3f} |")
+    print(f"| all | | {len(u)} | {len(lab)} | {float(d_l.mean()):.3f} | "
+          f"{float(d_c.mean()):.3f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, required=True,
@@ -151,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rampup", type=int, default=20)
     ap.add_argument("--variants", nargs="+", default=["control", "bce"],
                     choices=["control", "structure", "bce"])
+    ap.add_argument("--by-type", action="store_true",
+                    help="part 3: U's nodules by intensity and size, L's examples of each, "
+                    "and the Dice of supervised-on-L and of the ceiling on them")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import torch
@@ -161,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     d = load(args.workdir, args.seed, args.budget, bench)
     print(f"L {len(d['lab'])} crops, U {len(d['cands'])}, validation {len(d['vpool'])} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.by_type:
+        by_type(d, args.workdir, args.seed, args.budget, bench)
+        return
     teacher_report(d, args.taus)
     if args.steps:
         short_phases(d, args, bench)

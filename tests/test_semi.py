@@ -421,6 +421,69 @@ def test_fixmatch_step_trains_on_confident_pseudo_labels_of_strong_views(
     assert not torch.equal(other[name], after[name])
 
 
+def test_bcp_step_trains_on_pasted_slices_and_its_pseudo_masks_count(
+        cases: list[ctio.Case], tmp_path: Path) -> None:
+    """One bcp step changes the student and moves the EMA teacher toward it; the weight
+    of the unlabelled pixels (lambda_u) changes what it learns, and the box size too."""
+    init = _init_net()
+    one = FIX.model_copy(update={"steps": 1, "method": "bcp", "lambda_u": 0.5})
+    tr = _fixmatch(cases, tmp_path / "a", one)
+    model = tr.run(init=init)
+    rec = tr.history[1]
+    assert rec.steps == 1 and 0 <= rec.online["positive"] <= 1
+    before, after = init.state_dict(), model.state_dict()
+    name = "ra2_conv4.conv.weight"
+    assert not torch.equal(before[name], after[name])
+    obj = torch.load(tr.state_dir / "model_001.pt", weights_only=True)
+    torch.testing.assert_close(obj["teacher"][name],
+                               0.9 * before[name] + 0.1 * obj["student"][name])
+    for update in ({"lambda_u": 0.0}, {"copy_paste_box": 0.25}):
+        other = _fixmatch(cases, tmp_path / str(update), one.model_copy(update=update))
+        assert not torch.equal(other.run(init=init).state_dict()[name], after[name]), update
+    # bcp's own setting is part of its fingerprint, and not of fixmatch's
+    fp = _fixmatch(cases, tmp_path / "fp", one).fingerprint()
+    assert fp != _fixmatch(cases, tmp_path / "fp",
+                           one.model_copy(update={"copy_paste_box": 0.5})).fingerprint()
+    assert _fixmatch(cases, tmp_path / "f1", FIX).fingerprint() == _fixmatch(
+        cases, tmp_path / "f1", FIX.model_copy(update={"copy_paste_box": 0.5})).fingerprint()
+
+
+def test_copy_paste_puts_each_slice_where_its_box_says() -> None:
+    """Even mixed slices show the labelled slice inside the box, odd ones outside it;
+    targets and labelled weights follow the same pixels; the pseudo mask keeps its
+    largest component only."""
+    from lungfuse.plugins.imaging_infnet.copypaste import (
+        copy_paste,
+        largest_component,
+        paste_boxes,
+    )
+
+    n, s = 4, 30
+    boxes = paste_boxes(n, s, 2 / 3, torch.Generator().manual_seed(1))
+    assert [int(b.sum()) for b in boxes] == [400] * n  # 20 x 20 squares
+    assert len({tuple(b.nonzero()[0].tolist()) for b in boxes}) > 1  # positions drawn
+    xl = torch.full((2, 3, s, s), 0.25)
+    yl = torch.ones(2, s, s)
+    vl = torch.full((2, s, s), 0.5)
+    u = torch.full((n, 3, s, s), 0.75)
+    yu = torch.zeros(n, s, s)
+    x, y, v, region = copy_paste(xl, yl, vl, u, yu, boxes)
+    for i in range(n):
+        lab = boxes[i] > 0 if i % 2 == 0 else boxes[i] == 0
+        assert bool((region[i][lab] == 1).all()) and bool((region[i][~lab] == 0).all())
+        assert bool((x[i][:, lab] == 0.25).all()) and bool((x[i][:, ~lab] == 0.75).all())
+        assert bool((y[i][lab] == 1).all()) and bool((y[i][~lab] == 0).all())
+        assert bool((v[i][lab] == 0.5).all()) and bool((v[i][~lab] == 0).all())
+
+    m = torch.zeros(2, 8, 8)
+    m[0, 0:2, 0:2] = 1  # 4 px
+    m[0, 4:7, 4:7] = 1  # 9 px: kept
+    m[0, 7, 0] = 1
+    lc = largest_component(m)
+    assert int(lc[0].sum()) == 9 and bool(lc[0, 4:7, 4:7].all())
+    assert not bool(lc[1].any())  # empty stays empty
+
+
 def test_pseudo_labels_confidence_and_cutmix_stay_aligned() -> None:
     from lungfuse.plugins.imaging_infnet.fixmatch import (
         apply_cutmix,
@@ -510,8 +573,9 @@ def test_fixmatch_can_hand_on_the_ema_teacher(cases: list[ctio.Case], tmp_path: 
     assert not torch.equal(model.state_dict()[name], ref)
 
 
-def test_fixmatch_never_reads_the_masks_of_unlabelled_scans(
-        cases: list[ctio.Case], tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fixmatch", "bcp"])
+def test_online_phase_never_reads_the_masks_of_unlabelled_scans(
+        cases: list[ctio.Case], tree: Path, tmp_path: Path, method: str) -> None:
     """U cut at candidate points from scans whose label arrays cannot be read, with
     hidden masks that cannot be read either: the on-line phase still trains."""
     from lungfuse.plugins.imaging_infnet.candidates import read_candidates
@@ -526,16 +590,19 @@ def test_fixmatch_never_reads_the_masks_of_unlabelled_scans(
     cands = [Candidate(c.uid, c.patient_id, c.z, c.image, Untouchable(), c.centre)  # type: ignore
              for c in cands]
     labelled = build_pool(cases[:2], crop, 0.5, seed=0)
-    tr = SemiTrainer(labelled, cands, None, crop, TRAIN, FIX, tmp_path / "state",
+    semi = FIX.model_copy(update={"method": method})
+    tr = SemiTrainer(labelled, cands, None, crop, TRAIN, semi, tmp_path / "state",
                      ["P0", "P1"], test_patients={"P4"}, progress=False)
     tr.run(init=_init_net())
     assert tr.history[-1].steps == FIX.steps
 
 
-def test_fixmatch_resumes_where_it_stopped(cases: list[ctio.Case], tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fixmatch", "bcp"])
+def test_online_phase_resumes_where_it_stopped(cases: list[ctio.Case], tmp_path: Path,
+                                               method: str) -> None:
     """Killed inside the on-line phase, the rerun starts from the last saved step and ends
     with the same model as a run that was never interrupted."""
-    semi = FIX.model_copy(update={"steps": 4, "checkpoint_every": 2})
+    semi = FIX.model_copy(update={"steps": 4, "checkpoint_every": 2, "method": method})
     init = _init_net()
     ref = _fixmatch(cases, tmp_path / "ref", semi).run(init=init)
 

@@ -31,13 +31,17 @@ class SemiSettings(BaseModel):
     Yang et al. 2023): one on-line phase of ``steps`` optimiser steps, each on a labelled
     batch and an unlabelled batch whose confident pixels (``max(p, 1 - p) >= tau`` on a
     weakly augmented view through the teacher) supervise the student on a strongly
-    augmented view (and on dropout-perturbed features, ``feature_dropout``).
+    augmented view (and on dropout-perturbed features, ``feature_dropout``). ``bcp``
+    (bidirectional copy-paste, Bai et al. CVPR 2023): the same kind of on-line phase, whose
+    inputs are a labelled and an unlabelled slice pasted into each other (a box of
+    ``copy_paste_box`` of the side), supervised by the true mask where the labelled slice
+    shows and by the teacher's pseudo mask (largest component) where the unlabelled shows.
     All finish with a fine-tune on the labelled slices only (``final_epochs``, 0: none).
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    method: Literal["progressive", "confidence", "fixmatch"] = "progressive"
+    method: Literal["progressive", "confidence", "fixmatch", "bcp"] = "progressive"
     k_per_round: int = Field(default=5, ge=1, description="Unlabelled slices taken per round.")
     rounds: int | None = Field(default=None, ge=1, description="Number of rounds (default: "
                                "until every unlabelled slice has been taken).")
@@ -51,7 +55,8 @@ class SemiSettings(BaseModel):
                               "(else the predicted probabilities are the targets).")
     tau: float = Field(default=0.97, gt=0.5, le=1.0,
                        description="confidence: keep slices with mean max(p, 1-p) >= tau; "
-                       "fixmatch: a pixel's pseudo label counts when max(p, 1-p) >= tau.")
+                       "fixmatch: a pixel's pseudo label counts when max(p, 1-p) >= tau; "
+                       "bcp: not read (every pixel counts, as in BCP).")
     confidence_over: Literal["slice", "foreground"] = Field(
         default="slice", description="confidence: the pixels the slice confidence averages "
         "over. 'slice': all of them (background dominates, and a missed nodule is a "
@@ -63,14 +68,15 @@ class SemiSettings(BaseModel):
     ema_decay: float | None = Field(default=None, gt=0, lt=1, description="Teacher = EMA of "
                                     "the student with this decay per step (None: no teacher; "
                                     "fixmatch then labels with the student itself).")
-    steps: int = Field(default=1000, ge=1, description="fixmatch: optimiser steps of the "
-                       "on-line phase (each: a labelled and an unlabelled batch).")
+    steps: int = Field(default=1000, ge=1, description="fixmatch, bcp: optimiser steps of "
+                       "the on-line phase (each: a labelled and an unlabelled batch).")
     unlabelled_batch_size: int | None = Field(
-        default=None, ge=1, description="fixmatch: unlabelled slices per step (default: "
-        "batch_size).")
+        default=None, ge=1, description="fixmatch, bcp: unlabelled slices per step "
+        "(default: batch_size).")
     lambda_u: float = Field(default=1.0, ge=0, description="fixmatch: weight of the "
-                            "unlabelled loss after the ramp-up.")
-    rampup_steps: int = Field(default=200, ge=0, description="fixmatch: the unlabelled "
+                            "unlabelled loss after the ramp-up; bcp: weight of the "
+                            "pixels that show the unlabelled slice (BCP's alpha: 0.5).")
+    rampup_steps: int = Field(default=200, ge=0, description="fixmatch, bcp: the unlabelled "
                               "weight rises as exp(-5 (1 - t)^2), t = step / rampup_steps.")
     feature_dropout: float = Field(
         default=0.5, ge=0, lt=1, description="fixmatch: UniMatch's feature-perturbation "
@@ -86,10 +92,13 @@ class SemiSettings(BaseModel):
         "pixels as weight, whose IoU term pushes an empty pseudo mask's every pixel to 0 "
         "(most unlabelled crops), so the student learns to miss nodules.")
     final_model: Literal["student", "teacher"] = Field(
-        default="student", description="fixmatch: the model the on-line phase hands on: "
+        default="student", description="fixmatch, bcp: the model the on-line phase hands on: "
         "the student, or the EMA teacher (needs ema_decay; Mean Teacher's choice).")
-    checkpoint_every: int = Field(default=50, ge=1, description="fixmatch: steps between "
-                                  "resumable states (a killed run resumes from the last).")
+    copy_paste_box: float = Field(
+        default=2 / 3, gt=0, lt=1, description="bcp: side of the pasted box as a share of "
+        "the slice's side (BCP's 2/3); its position is drawn per slice.")
+    checkpoint_every: int = Field(default=50, ge=1, description="fixmatch, bcp: steps "
+                                  "between resumable states (a killed run resumes from the last).")
     candidates: InputPath | None = Field(
         default=None, description="LUNA16-style candidates CSV (seriesuid, coordX, coordY, "
         "coordZ in world mm; a class column is never used): the unlabelled series' slices "

@@ -386,7 +386,8 @@ class OnlineTrainer:
         if enabled(self.progress) and start < total:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, initial=start, desc="semi fixmatch", unit="step")
+            bar = tqdm(total=total, initial=start, desc=f"semi {self.semi.method}",
+                       unit="step")
         for t in range(start, total):
             if self.on_step:
                 self.on_step(t)

@@ -1,6 +1,6 @@
 """Semi-supervised Inf-Net: pseudo labels on unlabelled slices of training patients.
 
-Three variants (settings in :class:`~.config.SemiSettings`), all starting from a model
+Four variants (settings in :class:`~.config.SemiSettings`), all starting from a model
 trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
 
 * **progressive** (Semi-Inf-Net, Fan et al. 2020). The unlabelled slices ``U`` are put in a
@@ -20,6 +20,9 @@ trained on the labelled slices ``L`` and ending with a fine-tune on ``L`` alone:
   segmentation): one on-line phase instead of rounds (:mod:`.fixmatch`): every step, the
   teacher's confident pixels on a weak view of unlabelled slices supervise the student on
   a strong view (and on dropout-perturbed features), beside a labelled batch.
+* **bcp** (bidirectional copy-paste, Bai et al. 2023): the same kind of on-line phase
+  (:mod:`.copypaste`), on labelled and unlabelled slices pasted into each other, the
+  labelled pixels supervised by their masks and the unlabelled ones by the teacher's.
 
 The unlabelled slices ``U`` are every ``slice_stride``-th slice of unlabelled scans, or
 the slices (crops) at the points of a LUNA16-style candidates file (``semi.candidates``,
@@ -35,7 +38,7 @@ then ``state_dir/round_r.pt`` (its pseudo slices, masks, weights, validation Dic
 written atomically, in that order; the model of round ``r - 1`` is deleted only after
 that. A run killed during round ``r`` restarts at ``r`` from ``model_{r-1}`` and rebuilds
 exactly the same pool from the round files; a state directory written by a different
-configuration or data is refused. The fixmatch phase is the one round ``r = 1``; within
+configuration or data is refused. An on-line phase (fixmatch, bcp) is the one round ``r = 1``; within
 it, ``state_dir/online.pt`` holds the state every ``checkpoint_every`` steps.
 """
 
@@ -60,8 +63,9 @@ from lungfuse.core.atomic import atomic_path
 from lungfuse.core.errors import ConfigError, DataError
 
 from .config import FastPath, SemiSettings, SliceSettings, TrainSettings
+from .copypaste import online_trainer
 from .dataset import SliceItem, SlicePool, cut_slice
-from .fixmatch import OnlineTrainer, ema_update
+from .fixmatch import ema_update
 from .metrics import segmentation_metrics
 from .network import InfNet
 
@@ -290,10 +294,14 @@ def _clone(model: InfNet) -> InfNet:
 #: candidates file acts through the unlabelled keys, which are in it).
 _NOT_FINGERPRINTED = {"state_dir", "rounds", "checkpoint_every", "candidates",
                       "candidate_neighbours", "candidates_per_series"}
-#: Settings only the fixmatch phase reads (left out for the other methods, so that their
+#: Settings only the on-line phases read (left out for the other methods, so that their
 #: state directories written before these settings existed still resume).
 _FIXMATCH_ONLY = {"steps", "unlabelled_batch_size", "lambda_u", "rampup_steps",
                   "feature_dropout", "cutmix", "unlabelled_loss", "final_model"}
+#: Settings only bcp reads (left out for the others, for the same reason).
+_BCP_ONLY = {"copy_paste_box"}
+#: Methods trained in one on-line phase (round 1) instead of pseudo-label rounds.
+ONLINE = ("fixmatch", "bcp")
 
 
 @dataclass
@@ -354,7 +362,7 @@ class SemiTrainer:
         k = semi.k_per_round
         self.n_rounds = semi.rounds or math.ceil(len(self.order) / k)
         self.n_rounds = min(self.n_rounds, math.ceil(len(self.order) / k))
-        if semi.method == "fixmatch":
+        if semi.method in ONLINE:
             self.n_rounds = 1  # the on-line phase
         self.on_step: Callable[[int], None] | None = None  # fixmatch: before each step
         self.history: list[RoundRecord] = []
@@ -370,7 +378,8 @@ class SemiTrainer:
         """Hash of what determines the rounds: settings, labelled and unlabelled slices."""
         d = {
             "semi": self.semi.model_dump(mode="json", exclude=_NOT_FINGERPRINTED | (
-                set() if self.semi.method == "fixmatch" else _FIXMATCH_ONLY)),
+                set() if self.semi.method in ONLINE else _FIXMATCH_ONLY) | (
+                set() if self.semi.method == "bcp" else _BCP_ONLY)),
             "train": self.train.model_dump(mode="json", exclude={"num_workers", "epochs"}),
             "slices": self.slices.model_dump(mode="json"),
             "labelled": sorted(f"{it.uid}:{it.z}:{it.source}" for it in self.labelled),
@@ -513,11 +522,11 @@ class SemiTrainer:
 
     def _online(self, student: InfNet, teacher: InfNet | None
                 ) -> tuple[InfNet, InfNet | None, RoundRecord]:
-        """fixmatch: the on-line phase (round 1), resumable from ``online.pt``."""
+        """fixmatch, bcp: the on-line phase (round 1), resumable from ``online.pt``."""
         check_no_test_patients(self.candidates, self.test_patients, where="round 1")
-        online = OnlineTrainer(self.labelled, self.candidates, self.train, self.semi,
-                               self.state_dir / "online.pt", self._fp, self.progress,
-                               self.on_step)
+        online = online_trainer(self.semi.method, self.labelled, self.candidates, self.train,
+                                self.semi, self.state_dir / "online.pt", self._fp,
+                                self.progress, self.on_step)
         student, teacher = online.run(student, teacher)
         if self.semi.final_model == "teacher" and teacher is not None:
             student = _clone(teacher)  # the EMA model goes on (Mean Teacher's choice)
@@ -571,7 +580,7 @@ class SemiTrainer:
         for r in range(last + 1, self.n_rounds + 1):
             if self.on_round:
                 self.on_round(r)
-            if self.semi.method == "fixmatch":
+            if self.semi.method in ONLINE:
                 student, teacher, rec = self._online(student, teacher)
                 rec.val_dice = pool_dice(student, self.val_pool or [])
                 self._save_models(r, student, teacher)
