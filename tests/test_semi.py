@@ -814,3 +814,58 @@ def test_synth_writes_luna16_candidates(tiny_cohort: Path) -> None:
             else:
                 assert label == 0 and hu[i[2], i[1], i[0]] > -1000, (uid, r)
         assert sorted(hits) == list(range(1, (ann.seriesuid == uid).sum() + 1)), uid
+
+
+# ----------------------------------------------------------------------------- the v2 bench
+def _bench_v2() -> Any:
+    import importlib
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("semi_supervised_v2")
+
+
+def test_bench_merge_adds_methods_run_later_on_the_same_seeds() -> None:
+    """A method run later from the same supervised models (--reuse) joins its seed's
+    table; a supervised-on-L model that scores differently in the two runs stops it."""
+    v2 = _bench_v2()
+
+    def run(seed: int, methods: dict[str, float], top: dict[str, float] | None = None
+            ) -> dict[str, Any]:
+        return {"info": {"seed": seed}, "methods": {k: {"dice": v} for k, v in
+                                                    (top or {}).items()},
+                "budgets": {"0.05": {"info": {}, "methods": {k: {"dice": v} for k, v in
+                                                             methods.items()}}}}
+
+    first = [run(0, {"sup_L": 0.2, "fixmatch": 0.25}, {"sup_all": 0.4})]
+    later = [run(0, {"sup_L": 0.2, "bcp": 0.21, "fixmatch": 0.9}), run(1, {"sup_L": 0.3})]
+    merged = v2.merge_results([first, later])
+    assert [r["info"]["seed"] for r in merged] == [0, 1]
+    m0 = merged[0]["budgets"]["0.05"]["methods"]
+    assert {k: v["dice"] for k, v in m0.items()} == {"sup_L": 0.2, "fixmatch": 0.25, "bcp": 0.21}
+    assert merged[0]["methods"]["sup_all"]["dice"] == 0.4
+    assert "bcp" not in first[0]["budgets"]["0.05"]["methods"]  # inputs left as they were
+    with pytest.raises(SystemExit, match="did not start from the same model"):
+        v2.merge_results([first, [run(0, {"sup_L": 0.3, "bcp": 0.3})]])
+
+
+def test_bench_slice_budget_labels_a_sample_with_a_nodule() -> None:
+    """--budget-unit slices: a seeded share of the pool, at least one nodule slice even
+    when the draw has none; a labelled candidate crop has the key of U's crop there."""
+    from lungfuse.plugins.imaging_infnet.dataset import SliceItem
+
+    v2 = _bench_v2()
+    img = torch.zeros(3, 8, 8)
+    pool = [SliceItem(img, torch.zeros(8, 8), uid=f"s{i}", z=i, source="random")
+            for i in range(99)]
+    pool.append(SliceItem(img, torch.ones(8, 8), uid="s99", z=99, source="labelled"))
+    lab = v2.labelled_slices(pool, 0.05, seed=0)
+    assert len(lab) == 5 and any(bool(it.mask.any()) for it in lab)
+    assert [it.z for it in lab] == [it.z for it in v2.labelled_slices(pool, 0.05, seed=0)]
+    assert [it.z for it in lab] != [it.z for it in v2.labelled_slices(pool, 0.05, seed=1)]
+    cand = SliceItem(img, torch.zeros(8, 8), uid="u", z=3, source="candidate",
+                     meta={"centre": (10.4, 20.6)})
+    assert v2.crop_key(cand) == Candidate("u", None, 3, img, centre=(10.4, 20.6)).key
+    assert v2.crop_key(pool[0]) != Candidate("s0", None, 0, img).key
