@@ -789,6 +789,44 @@ def test_segment_train_fixmatch_on_candidates(tree: Path, tmp_path: Path,
     assert not (bad / "out").exists()
 
 
+def test_segment_train_bcp_from_a_config(tree: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """method: bcp with its box setting runs through `segment train` and is recorded in
+    the checkpoint; a box outside (0, 1) is one line, exit 2, nothing written."""
+    import yaml
+
+    from lungfuse.core.cli import main
+
+    csv = _candidates_csv(tmp_path / "cand.csv", tree, [f"u{i}" for i in range(N_SCANS)])
+    run = tmp_path / "bcp"
+    run.mkdir()
+    path = _config(run, tree, method="bcp", unlabelled_series=["u3"], candidates=str(csv),
+                   steps=2, batch_size=4, ema_decay=0.9, final_epochs=0, lambda_u=0.5,
+                   copy_paste_box=0.5, labelled_fraction=None, test_patients=["u4"])
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["slices"] = {"img_size": 64, "mode": "crop", "crop_mm": 32}
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(path), "--no-progress"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert "semi-supervised (bcp): 1 round(s)" in capsys.readouterr().out
+    _, meta = load_checkpoint(run / "out" / "infnet.pt")
+    assert meta["extra"]["method"] == "bcp" and meta["extra"]["history"][1]["steps"] == 2
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg["semi"]["copy_paste_box"] = 1.5
+    cfg["out_dir"] = str(bad / "out")
+    path = bad / "seg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "train", str(path), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "copy_paste_box" in err and len(err.splitlines()) == 1
+    assert not (bad / "out").exists()
+
+
 def test_synth_writes_luna16_candidates(tiny_cohort: Path) -> None:
     """True nodules (class 1) inside their own label, false candidates (class 0) in the
     lungs away from every nodule, more false than true, LUNA16's columns."""
