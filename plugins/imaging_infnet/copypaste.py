@@ -59,8 +59,6 @@ from .fixmatch import (
     _draw,
     _images,
     _labelled_batch,
-    ema_update,
-    poly_lr,
     rampup,
     step_seed,
     weak_view,
@@ -121,19 +119,13 @@ class CopyPasteTrainer(OnlineTrainer):
 
     def step(self, t: int, student: InfNet, teacher: InfNet | None,
              opt: torch.optim.Optimizer) -> dict[str, float]:
-        s, tr = self.semi, self.train
-        gen = torch.Generator().manual_seed(step_seed(tr.seed, t))
+        s = self.semi
+        gen = torch.Generator().manual_seed(step_seed(self.train.seed, t))
         bl, bu = s.batch_size, s.unlabelled_batch_size or s.batch_size
         xl, yl, vl = _labelled_batch(self.labelled, _draw(len(self.labelled), bl, gen), gen)
         uw = weak_view(_images(self.unlabelled, _draw(len(self.unlabelled), bu, gen)), gen)
         mean, std = student.input_mean, student.input_std
-        labeller = teacher if teacher is not None else student
-        was = labeller.training
-        labeller.eval()
-        with torch.no_grad():
-            prob = torch.sigmoid(labeller(standardise(uw, mean, std))[3][:, 0].float())
-        labeller.train(was)
-        yu = largest_component((prob >= 0.5).float())
+        yu = largest_component((self.teacher_probs(student, teacher, uw) >= 0.5).float())
         boxes = paste_boxes(bu, uw.shape[-1], s.copy_paste_box, gen)
         xm, ym, vm, region = copy_paste(xl, yl, vl, uw, yu, boxes)
 
@@ -147,16 +139,8 @@ class CopyPasteTrainer(OnlineTrainer):
         edge = edge_of(ym)[:, None]
         loss_pl, _ = infnet_loss(mix, ym[:, None], edge, vm[:, None])
         loss_u, _ = infnet_loss(mix, ym[:, None], edge, (1 - region)[:, None])
-        w_u = s.lambda_u * rampup(t, s.rampup_steps)
-        loss = loss_x + loss_pl + w_u * loss_u
-        for g in opt.param_groups:
-            g["lr"] = poly_lr(s.lr, t, s.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), tr.grad_clip)
-        opt.step()
-        if teacher is not None and s.ema_decay is not None:
-            ema_update(teacher, student, s.ema_decay)
+        self.optimise(t, loss_x + loss_pl + s.lambda_u * rampup(t, s.rampup_steps) * loss_u,
+                      student, teacher, opt)
         return {"loss_x": float((loss_x + loss_pl).detach()), "loss_u": float(loss_u.detach()),
                 "confident": 1.0, "positive": float(yu.mean())}
 

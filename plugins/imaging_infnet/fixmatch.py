@@ -317,6 +317,32 @@ class OnlineTrainer:
                               valid[:, None])
         return loss
 
+    @staticmethod
+    def teacher_probs(student: InfNet, teacher: InfNet | None, views: Tensor) -> Tensor:
+        """``sigmoid(map2)`` of the teacher (else the student) on ``views`` in [0, 1]:
+        eval mode, no gradient, the labeller's mode restored."""
+        labeller = teacher if teacher is not None else student
+        was = labeller.training
+        labeller.eval()
+        with torch.no_grad():
+            x = standardise(views, student.input_mean, student.input_std)
+            prob = torch.sigmoid(labeller(x)[3][:, 0].float())
+        labeller.train(was)
+        return prob
+
+    def optimise(self, t: int, loss: Tensor, student: InfNet, teacher: InfNet | None,
+                 opt: torch.optim.Optimizer) -> None:
+        """Step ``t``'s update: poly learning rate, backward, clipping, Adam, then the EMA
+        teacher."""
+        for g in opt.param_groups:
+            g["lr"] = poly_lr(self.semi.lr, t, self.semi.steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), self.train.grad_clip)
+        opt.step()
+        if teacher is not None and self.semi.ema_decay is not None:
+            ema_update(teacher, student, self.semi.ema_decay)
+
     def step(self, t: int, student: InfNet, teacher: InfNet | None,
              opt: torch.optim.Optimizer) -> dict[str, float]:
         """One optimiser step ``t`` (see the module doc); returns its losses."""
@@ -329,13 +355,7 @@ class OnlineTrainer:
         u = _images(self.unlabelled, _draw(len(self.unlabelled), bu, gen))
         uw = weak_view(u, gen)
         mean, std = student.input_mean, student.input_std
-        labeller = teacher if teacher is not None else student
-        was = labeller.training
-        labeller.eval()
-        with torch.no_grad():
-            prob = torch.sigmoid(labeller(standardise(uw, mean, std))[3][:, 0].float())
-        labeller.train(was)
-        y, m = pseudo_targets(prob, s.tau)
+        y, m = pseudo_targets(self.teacher_probs(student, teacher, uw), s.tau)
         us = strong_view(uw, gen)
         boxes, partner = cutmix_boxes(bu, us.shape[-1], s.cutmix, gen)
         us, ymix, mmix = apply_cutmix(us, y, m, boxes, partner)
@@ -359,16 +379,8 @@ class OnlineTrainer:
         if fp:
             pert = tuple(mp[bl + bu:] for mp in maps)
             loss_u = 0.5 * loss_u + 0.5 * self._unlabelled_loss(pert, y, m)
-        w_u = s.lambda_u * rampup(t, s.rampup_steps)
-        loss = loss_x + w_u * loss_u
-        for g in opt.param_groups:
-            g["lr"] = poly_lr(s.lr, t, s.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), tr.grad_clip)
-        opt.step()
-        if teacher is not None and s.ema_decay is not None:
-            ema_update(teacher, student, s.ema_decay)
+        self.optimise(t, loss_x + s.lambda_u * rampup(t, s.rampup_steps) * loss_u,
+                      student, teacher, opt)
         conf = float(m.mean())
         pos = float((y * m).sum() / m.sum().clamp(min=1))
         return {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach()),
