@@ -378,6 +378,18 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         """Train on ``pool``, or with --reuse load what an earlier run left in ``out``."""
         if args.reuse and (out / "infnet.pt").exists():
             model, meta = load_checkpoint(out / "infnet.pt")
+            extra = meta.get("extra") or {}
+            want = {"backbone": settings.backbone, "channel": settings.channel,
+                    "slices": slices.model_dump(), "n_train_slices": len(pool),
+                    "epochs": settings.epochs}
+            have = {"backbone": model.backbone_name, "channel": model.channel,
+                    "slices": meta["slices"].model_dump(),
+                    "n_train_slices": extra.get("n_train_slices"),
+                    "epochs": extra.get("epochs")}
+            if want != have:
+                diff = {k: (have[k], want[k]) for k in want if want[k] != have[k]}
+                raise SystemExit(f"--reuse: {out / 'infnet.pt'} was trained otherwise "
+                                 f"(saved, this run): {diff}; delete it or drop --reuse")
             print(f"[seed {seed}] reusing {out / 'infnet.pt'}", flush=True)
             return model.eval(), {"reused": str(out / "infnet.pt"),
                                   "fit_s": (meta.get("extra") or {}).get("fit_seconds")}

@@ -183,8 +183,9 @@ def by_type(d: dict[str, Any], work: Path, seed: int, budget: float,
         return (2 * inter / (f.flatten(1).sum(1) + tu.flatten(1).sum(1)).clamp(min=1)).float()
 
     d_l, d_c = dice(predict_probs(d["sup"], xu)), dice(predict_probs(ceiling, xu))
-    i_u = torch.tensor([float(xu[i, 0][tu[i]].mean()) for i in range(len(u))])
-    i_l = torch.tensor([float(xl[i, 0][tl[i]].mean()) for i in range(len(lab))])
+    # channel 1 is the slice itself (channels: z - 1, z, z + 1)
+    i_u = torch.tensor([float(xu[i, 1][tu[i]].mean()) for i in range(len(u))])
+    i_l = torch.tensor([float(xl[i, 1][tl[i]].mean()) for i in range(len(lab))])
     a_u, a_l = tu.flatten(1).sum(1).float(), tl.flatten(1).sum(1).float()
     print(f"\nseed {seed}, budget {budget:.0%}: which of U's {len(u)} nodule crops the "
           f"supervised-on-L model misses (L: {len(lab)} nodule crops)\n")

@@ -462,18 +462,22 @@ def test_copy_paste_puts_each_slice_where_its_box_says() -> None:
     boxes = paste_boxes(n, s, 2 / 3, torch.Generator().manual_seed(1))
     assert [int(b.sum()) for b in boxes] == [400] * n  # 20 x 20 squares
     assert len({tuple(b.nonzero()[0].tolist()) for b in boxes}) > 1  # positions drawn
-    xl = torch.full((2, 3, s, s), 0.25)
+    # labelled slice j is all (j + 1) / 10, its mask all 1, its weight (j + 1) / 4;
+    # unlabelled slice i all 0.9, its pseudo mask 0
+    xl = torch.tensor([0.1, 0.2]).view(2, 1, 1, 1).expand(2, 3, s, s).clone()
     yl = torch.ones(2, s, s)
-    vl = torch.full((2, s, s), 0.5)
-    u = torch.full((n, 3, s, s), 0.75)
+    vl = torch.tensor([0.25, 0.5]).view(2, 1, 1).expand(2, s, s).clone()
+    u = torch.full((n, 3, s, s), 0.9)
     yu = torch.zeros(n, s, s)
     x, y, v, region = copy_paste(xl, yl, vl, u, yu, boxes)
     for i in range(n):
+        j = i % 2  # the labelled slice paired with unlabelled slice i
         lab = boxes[i] > 0 if i % 2 == 0 else boxes[i] == 0
         assert bool((region[i][lab] == 1).all()) and bool((region[i][~lab] == 0).all())
-        assert bool((x[i][:, lab] == 0.25).all()) and bool((x[i][:, ~lab] == 0.75).all())
+        assert torch.allclose(x[i][:, lab], torch.tensor(0.1 * (j + 1)))
+        assert bool((x[i][:, ~lab] == 0.9).all())
         assert bool((y[i][lab] == 1).all()) and bool((y[i][~lab] == 0).all())
-        assert bool((v[i][lab] == 0.5).all()) and bool((v[i][~lab] == 0).all())
+        assert bool((v[i][lab] == 0.25 * (j + 1)).all()) and bool((v[i][~lab] == 0).all())
 
     m = torch.zeros(2, 8, 8)
     m[0, 0:2, 0:2] = 1  # 4 px
@@ -482,6 +486,40 @@ def test_copy_paste_puts_each_slice_where_its_box_says() -> None:
     lc = largest_component(m)
     assert int(lc[0].sum()) == 9 and bool(lc[0, 4:7, 4:7].all())
     assert not bool(lc[1].any())  # empty stays empty
+    diag = torch.zeros(1, 8, 8)
+    diag[0, 0:3, 0:2] = 1  # 6 px
+    for k in range(4):  # 4 px touching only at corners: one 8-connected component
+        diag[0, 3 + k, 3 + k] = 1
+    diag[0, 2, 2] = 1  # joins the two, diagonally: 11 px in all
+    assert int(largest_component(diag).sum()) == 11
+
+
+def test_bcp_scores_labelled_pixels_with_their_weights_and_the_rest_as_unlabelled(
+        cases: list[ctio.Case], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three loss terms of a bcp step: the plain labelled batch, then the mixed
+    slices twice, once weighted on the pixels that show a labelled slice (the box of
+    even slices, outside it for odd ones) and once on the others."""
+    from lungfuse.plugins.imaging_infnet import copypaste
+
+    seen: list[Any] = []
+    real = copypaste.infnet_loss
+
+    def spy(maps: Any, mask: Any, edge: Any, valid: Any = None) -> Any:
+        seen.append(None if valid is None else valid.detach().clone())
+        return real(maps, mask, edge, valid)
+
+    monkeypatch.setattr(copypaste, "infnet_loss", spy)
+    box = 0.5
+    one = FIX.model_copy(update={"steps": 1, "method": "bcp", "copy_paste_box": box,
+                                 "unlabelled_batch_size": 4})
+    _fixmatch(cases, tmp_path / "a", one).run(init=_init_net())
+    assert len(seen) == 3
+    _, lab, unl = seen
+    side = round(box * lab.shape[-1])
+    torch.testing.assert_close(lab + unl, torch.ones_like(lab))  # labelled weights are 1
+    for i in range(lab.shape[0]):
+        inside = side * side
+        assert int(lab[i].sum()) == (inside if i % 2 == 0 else lab[i].numel() - inside)
 
 
 def test_pseudo_labels_confidence_and_cutmix_stay_aligned() -> None:
@@ -906,4 +944,3 @@ def test_bench_slice_budget_labels_a_sample_with_a_nodule() -> None:
     cand = SliceItem(img, torch.zeros(8, 8), uid="u", z=3, source="candidate",
                      meta={"centre": (10.4, 20.6)})
     assert v2.crop_key(cand) == Candidate("u", None, 3, img, centre=(10.4, 20.6)).key
-    assert v2.crop_key(pool[0]) != Candidate("s0", None, 0, img).key
