@@ -163,6 +163,7 @@ def by_type(d: dict[str, Any], work: Path, seed: int, budget: float,
     """Part 3: per kind of nodule, L's examples and both models' Dice on U's crops."""
     import torch
 
+    from lungfuse.plugins.imaging_infnet.metrics import segmentation_metrics
     from lungfuse.plugins.imaging_infnet.semi import predict_probs
     from lungfuse.plugins.imaging_infnet.train import load_checkpoint
 
@@ -177,10 +178,8 @@ def by_type(d: dict[str, Any], work: Path, seed: int, budget: float,
     tl = torch.stack([it.mask for it in lab]).float() > 0.5
     xl = torch.stack([it.image for it in lab]).float()
 
-    def dice(p: Any) -> Any:
-        f = p >= 0.5
-        inter = (f & tu).flatten(1).sum(1)
-        return (2 * inter / (f.flatten(1).sum(1) + tu.flatten(1).sum(1)).clamp(min=1)).float()
+    def dice(p: Any) -> Any:  # Dice@0.5 per crop, as segment evaluate scores it
+        return segmentation_metrics(p, tu, n_thresholds=2)["dice"]
 
     d_l, d_c = dice(predict_probs(d["sup"], xu)), dice(predict_probs(ceiling, xu))
     # channel 1 is the slice itself (channels: z - 1, z, z + 1)
