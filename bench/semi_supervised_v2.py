@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fm-ema", type=float, default=0.99)
     ap.add_argument("--fm-dropout", type=float, default=0.5)
     ap.add_argument("--fm-cutmix", type=float, default=0.5)
-    ap.add_argument("--fm-loss", choices=["bce", "structure"], default="bce",
+    ap.add_argument("--fm-loss", choices=["bce", "balanced", "structure"], default="bce",
                     help="fixmatch: unlabelled loss (semi.unlabelled_loss; 'structure' is "
                     "the form of the first partial table)")
     ap.add_argument("--fm-final", choices=["student", "teacher"], default="teacher",

@@ -596,6 +596,35 @@ def test_unlabelled_loss_of_an_empty_pseudo_mask_does_not_push_every_pixel_to_ze
                                                                          rel=1e-4)
 
 
+def test_balanced_unlabelled_loss_gives_the_few_pseudo_nodule_pixels_half_the_weight() -> None:
+    """With 4 of 2048 confident pixels called nodule and the student unsure (p = 0.5)
+    everywhere, 'bce' puts 4/2048 of its gradient on the nodule pixels; 'balanced' puts
+    half of it there, the other half on the background. An empty pseudo mask leaves the
+    background half only (no push of its pixels to 0 beyond BCE's), and unsure pixels add
+    nothing."""
+    s, n = 32, 2
+    z = torch.zeros(n, 1, s, s, requires_grad=True)
+    maps = (z, z, z, z, torch.zeros(n, 1, s, s))
+    target, everywhere = torch.zeros(n, s, s), torch.ones(n, s, s)
+    target[0, 10:12, 10:12] = 1.0
+    fg = target[:, None] > 0
+    bal = FIX.model_copy(update={"unlabelled_loss": "balanced"})
+    shares = {}
+    for semi in (FIX, bal):
+        (g,) = torch.autograd.grad(_online_loss(semi, maps, target, everywhere), z)
+        shares[semi.unlabelled_loss] = float(g[fg].abs().sum() / g.abs().sum())
+    assert shares["bce"] == pytest.approx(4 / (n * s * s), rel=1e-4)
+    assert shares["balanced"] == pytest.approx(0.5, rel=1e-4)
+    loss = _online_loss(bal, maps, target, everywhere)
+    assert float(loss) == pytest.approx(4 * math.log(2), rel=1e-4)  # 4 maps, BCE(0.5) each
+    empty = _online_loss(bal, maps, torch.zeros(n, s, s), everywhere)
+    assert float(empty) == pytest.approx(4 * 0.5 * math.log(2), rel=1e-4)
+    unsure = everywhere.clone()
+    unsure[0, 10:12, 10:12] = 0.0  # the nodule pixels not confident: background only
+    assert float(_online_loss(bal, maps, target, unsure)) == pytest.approx(float(empty),
+                                                                           rel=1e-4)
+
+
 def test_fixmatch_can_hand_on_the_ema_teacher(cases: list[ctio.Case], tmp_path: Path) -> None:
     """final_model teacher: the phase's model is the EMA teacher (the student by default)."""
     one = FIX.model_copy(update={"steps": 1})

@@ -85,10 +85,11 @@ class SemiSettings(BaseModel):
     cutmix: float = Field(default=0.5, ge=0, le=1, description="fixmatch: probability "
                           "that a strong view gets a box (image and pseudo label) of "
                           "another unlabelled slice pasted in.")
-    unlabelled_loss: Literal["bce", "structure"] = Field(
+    unlabelled_loss: Literal["bce", "balanced", "structure"] = Field(
         default="bce", description="fixmatch: the unlabelled loss. 'bce': per-pixel BCE of "
         "the four side outputs over the confident pixels, divided by all pixels (FixMatch / "
-        "UniMatch); 'structure': Inf-Net's weighted BCE + IoU + edge loss with the confident "
+        "UniMatch); 'balanced': half the mean BCE over the confident pixels called nodule, "
+        "half over those called background (nodules are ~0.2 % of the pixels); 'structure': Inf-Net's weighted BCE + IoU + edge loss with the confident "
         "pixels as weight, whose IoU term pushes an empty pseudo mask's every pixel to 0 "
         "(most unlabelled crops), so the student learns to miss nodules.")
     final_model: Literal["student", "teacher"] = Field(
